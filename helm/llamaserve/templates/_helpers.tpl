@@ -1,0 +1,204 @@
+{{- define "llamaserve.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "llamaserve.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llamaserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "llamaserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "llamaserve.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "llamaserve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Pods that answer HTTP: the Deployment's, or each LeaderWorkerSet group's leader. */}}
+{{- define "llamaserve.servingSelector" -}}
+{{ include "llamaserve.selectorLabels" . }}
+llamaserve.io/role: server
+{{- end -}}
+
+{{/* The llamaserve settings: the preset text, overridden key by key by .Values.settings. YAML. */}}
+{{- define "llamaserve.settings" -}}
+{{- $preset := dict -}}
+{{- if .Values.preset -}}
+{{- $preset = fromYaml .Values.preset -}}
+{{- if hasKey $preset "Error" -}}{{- fail (printf "preset is not YAML: %s" $preset.Error) -}}{{- end -}}
+{{- end -}}
+{{- $s := mergeOverwrite (dict) $preset (deepCopy (.Values.settings | default dict)) -}}
+{{- range $k := list "api_keys" "api_key_file" -}}
+{{- if hasKey $s $k -}}{{- fail (printf "settings.%s: API keys go in the Secret (values: secret.*), never in plain env" $k) -}}{{- end -}}
+{{- end -}}
+{{- range $k := list "port" "host" -}}
+{{- if hasKey $s $k -}}{{- fail (printf "settings.%s: set containerPort instead; probes and the Service follow it" $k) -}}{{- end -}}
+{{- end -}}
+{{- if .Values.multiNode.enabled -}}
+{{- $backend := get $s "distributed_executor_backend" | default "ray" -}}
+{{- if ne $backend "ray" -}}{{- fail "multiNode.enabled needs settings.distributed_executor_backend: ray" -}}{{- end -}}
+{{- $_ := set $s "distributed_executor_backend" "ray" -}}
+{{- end -}}
+{{- toYaml $s -}}
+{{- end -}}
+
+{{/* GPUs per replica (all nodes of a group together). */}}
+{{- define "llamaserve.gpusPerReplica" -}}
+{{- $s := include "llamaserve.settings" . | fromYaml -}}
+{{- mul (int (get $s "tensor_parallel_size" | default 1)) (int (get $s "pipeline_parallel_size" | default 1)) -}}
+{{- end -}}
+
+{{/* GPUs each pod requests. */}}
+{{- define "llamaserve.gpusPerPod" -}}
+{{- $total := include "llamaserve.gpusPerReplica" . | int -}}
+{{- if .Values.multiNode.enabled -}}
+{{- $size := int .Values.multiNode.size -}}
+{{- if or (lt $size 2) (ne (mod $total $size) 0) -}}
+{{- fail (printf "multiNode.size %d must be >= 2 and divide tensor_parallel_size x pipeline_parallel_size (%d)" $size $total) -}}
+{{- end -}}
+{{- div $total $size -}}
+{{- else -}}
+{{- $total -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llamaserve.secretName" -}}
+{{- .Values.secret.name | default (printf "%s-secrets" (include "llamaserve.fullname" .)) -}}
+{{- end -}}
+
+{{/* Container env: settings as LLAMASERVE_*, secrets by reference only. */}}
+{{- define "llamaserve.env" -}}
+- name: LLAMASERVE_PORT
+  value: {{ .Values.containerPort | toString | quote }}
+{{- range $k, $v := include "llamaserve.settings" . | fromYaml }}
+{{- if not (kindIs "invalid" $v) }}
+- name: {{ printf "LLAMASERVE_%s" (upper $k) }}
+  value: {{ if kindIs "string" $v }}{{ $v | quote }}{{ else }}{{ toJson $v | quote }}{{ end }}
+{{- end }}
+{{- end }}
+- name: HF_HOME
+  value: {{ .Values.modelCache.mountPath | quote }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llamaserve.secretName" . }}
+      key: {{ .Values.secret.hfTokenKey }}
+      # Not every model needs one (open repos, weights already in the cache).
+      optional: true
+{{- if .Values.auth.enabled }}
+- name: LLAMASERVE_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llamaserve.secretName" . }}
+      key: {{ .Values.secret.apiKeysKey }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes shared by every pod template. */}}
+{{- define "llamaserve.volumes" -}}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .Values.shm.sizeLimit }}
+- name: model-cache
+{{- if .Values.modelCache.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.modelCache.existingClaim | default (printf "%s-model-cache" (include "llamaserve.fullname" .)) }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
+{{- end -}}
+
+{{- define "llamaserve.volumeMounts" -}}
+- name: dshm
+  mountPath: /dev/shm
+- name: model-cache
+  mountPath: {{ .Values.modelCache.mountPath }}
+{{- end -}}
+
+{{- define "llamaserve.resources" -}}
+{{- $gpus := include "llamaserve.gpusPerPod" . | int -}}
+{{- $res := deepCopy (.Values.resources | default dict) -}}
+{{- /* The GPU count always comes from the settings, so it cannot disagree with tensor parallelism. */ -}}
+{{- range $kind := list "requests" "limits" -}}
+{{- $_ := set $res $kind (mergeOverwrite (get $res $kind | default dict) (dict $.Values.gpu.resourceName $gpus)) -}}
+{{- end -}}
+{{- toYaml $res -}}
+{{- end -}}
+
+{{/* The HTTP probes; routes fixed by the API contract. */}}
+{{- define "llamaserve.probes" -}}
+startupProbe:
+  httpGet:
+    path: /health
+    port: http
+  periodSeconds: {{ .Values.probes.startup.periodSeconds }}
+  timeoutSeconds: {{ .Values.probes.startup.timeoutSeconds }}
+  failureThreshold: {{ .Values.probes.startup.failureThreshold }}
+livenessProbe:
+  httpGet:
+    path: /health
+    port: http
+  periodSeconds: {{ .Values.probes.liveness.periodSeconds }}
+  timeoutSeconds: {{ .Values.probes.liveness.timeoutSeconds }}
+  failureThreshold: {{ .Values.probes.liveness.failureThreshold }}
+readinessProbe:
+  httpGet:
+    path: /ready
+    port: http
+  periodSeconds: {{ .Values.probes.readiness.periodSeconds }}
+  timeoutSeconds: {{ .Values.probes.readiness.timeoutSeconds }}
+  failureThreshold: {{ .Values.probes.readiness.failureThreshold }}
+{{- end -}}
+
+{{/* Pod spec fields every pod template shares, before `containers`. */}}
+{{- define "llamaserve.podCommon" -}}
+{{- $s := include "llamaserve.settings" . | fromYaml -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+terminationGracePeriodSeconds: {{ add (int (get $s "shutdown_grace_s" | default 30)) .Values.terminationGraceExtraSeconds }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumes:
+  {{- include "llamaserve.volumes" . | nindent 2 }}
+{{- end -}}
+
+{{- define "llamaserve.image" -}}
+{{ printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) | quote }}
+{{- end -}}
+
+{{- define "llamaserve.scaleTarget" -}}
+{{- if .Values.multiNode.enabled -}}
+apiVersion: leaderworkerset.x-k8s.io/v1
+kind: LeaderWorkerSet
+{{- else -}}
+apiVersion: apps/v1
+kind: Deployment
+{{- end }}
+name: {{ include "llamaserve.fullname" . }}
+{{- end -}}

@@ -1,0 +1,82 @@
+"""`llamaserve serve | keygen | build-model`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import string
+import sys
+import typing
+from pathlib import Path
+
+from server.settings import Settings, load_settings
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, named after it; only flags actually given override env and YAML."""
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        annotation = field.annotation
+        help_text = field.description or ""
+        if annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text, metavar=_metavar(annotation))
+
+
+def _metavar(annotation: typing.Any) -> str:
+    args = typing.get_args(annotation)
+    base = next((a for a in args if a is not type(None)), annotation)
+    return getattr(base, "__name__", "VALUE").upper()
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from server.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+    )
+
+
+def keygen() -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(32))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="llamaserve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_setting_flags(commands.add_parser("serve", help="start the server"))
+    commands.add_parser("keygen", help="print a new 32-character API key")
+    build = commands.add_parser("build-model", help="build the tiny local model and print its directory")
+    build.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    if args.command == "keygen":
+        print(keygen())
+    elif args.command == "build-model":
+        from engine.tiny_model import ensure_tiny_model
+
+        print(ensure_tiny_model(args.cache_dir or Settings.model_fields["model_cache_dir"].get_default(call_default_factory=True)))
+    else:
+        flags = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+        try:
+            settings = load_settings(**flags)
+        except Exception as exc:  # a bad flag, env var or YAML key: say which, without a traceback
+            sys.exit(f"llamaserve: invalid settings: {exc}")
+        serve(settings)
+
+
+if __name__ == "__main__":
+    main()

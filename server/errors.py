@@ -1,0 +1,131 @@
+"""The one place that shapes error responses.
+
+Every error body has the OpenAI shape, so OpenAI SDK exceptions carry the message:
+    {"error": {"message", "type", "param", "code", "status"}}
+and, at top level, the Azure AI Model Inference fields `status`, `code`, `message`, plus `detail`
+(a list of {loc, input, msg}) for parameter errors, as the azure-ai-inference SDK reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = logging.getLogger("llamaserve.errors")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        detail: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+
+
+def bad_request(message: str, param: str | None = None, code: str = "invalid_parameter") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def error_body(err: APIError) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "error": {
+            "message": err.message,
+            "type": _TYPES.get(err.status, "invalid_request_error" if err.status < 500 else "server_error"),
+            "param": err.param,
+            "code": err.code,
+            "status": err.status,
+        },
+        "status": err.status,
+        "code": err.code,
+        "message": err.message,
+    }
+    if err.detail is not None:
+        body["detail"] = err.detail
+    return body
+
+
+def error_response(err: APIError) -> Response:
+    return Response(
+        orjson.dumps(error_body(err)), status_code=err.status, media_type="application/json", headers=err.headers
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """Echoing a client's input back must never fail, whatever it was."""
+    try:
+        orjson.dumps(value)
+        return value
+    except TypeError:
+        return repr(value)
+
+
+def from_validation_errors(errors: list[dict[str, Any]], status: int = 400) -> APIError:
+    detail = []
+    for e in errors:
+        loc = [str(part) for part in e.get("loc", ())]
+        # Union types put the tried type in the path (e.g. "str", "list[str]"): the field name comes first.
+        detail.append({"loc": ["body", *loc], "input": _jsonable(e.get("input")), "msg": e.get("msg", "invalid")})
+    first = detail[0] if detail else {"loc": ["body"], "msg": "invalid request"}
+    param = first["loc"][1] if len(first["loc"]) > 1 else None
+    where = ".".join(first["loc"][1:2]) or "body"
+    message = f"{where}: {first['msg']}"
+    if len(detail) > 1:
+        message += f" (and {len(detail) - 1} more)"
+    return APIError(status, message, param=param, code="invalid_parameter", detail=detail)
+
+
+def from_pydantic(exc: ValidationError) -> APIError:
+    return from_validation_errors(exc.errors(include_url=False, include_context=False))
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(from_validation_errors(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(APIError(exc.status_code, str(exc.detail), code=code, headers=exc.headers))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(APIError(500, "internal server error", code="internal_error"))

@@ -1,0 +1,324 @@
+"""The request pipeline both completion APIs share: validate -> convert -> stream or respond in full.
+
+Chat and text completions differ only in how the prompt is built (`prepare_*`) and in their `Flavor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from engine.core import LlamaEngine
+from engine.errors import EngineUnavailable, InvalidGenerationRequest
+from engine.outputs import Step
+from engine.sampling import PASS_THROUGH_FIELDS, GenerationPlan, validate_pass_through
+from schemas import ChatCompletionRequest, CompletionRequest, ExtraParametersMode, GenerationRequest
+from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
+from server import render, sse
+from server.errors import APIError, bad_request, error_body, from_pydantic, from_validation_errors
+from server.settings import Settings
+
+
+@dataclass
+class Job:
+    """A validated request, converted for the engine."""
+
+    request_id: str
+    request: GenerationRequest
+    flavor: render.Flavor
+    prompts: list[list[int]]
+    plan: GenerationPlan
+    echo_texts: list[str] | None = None  # prompt texts to echo, one per prompt
+
+    @property
+    def total_choices(self) -> int:
+        return len(self.prompts) * self.request.n
+
+
+# --- validate
+
+
+def parse_request(raw: bytes, model: type[GenerationRequest], extra_header: str | None) -> GenerationRequest:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        req = model.model_validate(body)
+    except ValidationError as exc:
+        raise from_pydantic(exc) from exc
+    _apply_extra_parameters(req, extra_header)
+    return req
+
+
+def _apply_extra_parameters(req: GenerationRequest, header: str | None) -> None:
+    try:
+        mode = ExtraParametersMode(header or "error")
+    except ValueError:
+        raise bad_request(
+            f"extra-parameters header must be one of error, drop, pass-through; got {header!r}", "extra-parameters"
+        ) from None
+    extras = req.extra_fields()
+    if not extras or mode is ExtraParametersMode.drop:
+        req.__pydantic_extra__ = {}
+        return
+    unknown = sorted(extras) if mode is ExtraParametersMode.error else sorted(set(extras) - PASS_THROUGH_FIELDS)
+    if unknown:
+        raise APIError(
+            422,
+            f"extra parameters {unknown} are not allowed"
+            + (" (set the extra-parameters header to drop or pass-through)" if mode is ExtraParametersMode.error else ""),
+            param=unknown[0],
+            code="parameter_not_supported",
+            detail=[{"loc": ["body", name], "input": extras[name], "msg": "Extra parameter not supported"} for name in unknown],
+        )
+    try:
+        req.__pydantic_extra__ = validate_pass_through(extras)
+    except ValidationError as exc:
+        raise from_validation_errors(exc.errors(include_url=False, include_context=False)) from exc
+
+
+# --- convert
+
+
+def _check_model(req: GenerationRequest, engine: LlamaEngine) -> None:
+    if req.model is not None and req.model not in (engine.info.name, engine.info.path):
+        raise APIError(404, f"The model `{req.model}` does not exist; this server serves `{engine.info.name}`",
+                       param="model", code="model_not_found")
+
+
+def _choices_and_limits(req: GenerationRequest, settings: Settings, num_logprobs: int | None) -> int:
+    """Checks n, best_of, beam search and logprobs; returns the number of candidates to generate."""
+    if req.n > settings.max_n:
+        raise bad_request(f"n must be at most {settings.max_n}", "n")
+    if num_logprobs is not None and num_logprobs > settings.max_logprobs:
+        raise bad_request(f"logprobs must be at most {settings.max_logprobs}", "logprobs")
+    best_of = req.best_of if req.best_of is not None else req.n
+    if best_of < req.n:
+        raise bad_request(f"best_of ({best_of}) must be greater than or equal to n ({req.n})", "best_of")
+    if best_of > settings.max_best_of:
+        raise bad_request(f"best_of must be at most {settings.max_best_of}", "best_of")
+    if req.stream and best_of > req.n:
+        raise bad_request("best_of > n cannot be streamed: candidates are ranked after they finish", "best_of")
+    if req.use_beam_search:
+        if best_of <= 1:
+            raise bad_request("use_beam_search needs a beam width (best_of, else n) greater than 1", "best_of")
+        if req.temperature not in (None, 0):
+            raise bad_request("use_beam_search requires temperature 0", "temperature")
+        if req.stream:
+            raise bad_request("use_beam_search cannot be streamed", "stream")
+    return best_of
+
+
+def _max_tokens(req: GenerationRequest, prompt_len: int, context: int, prompt_param: str, default: int | None) -> int:
+    room = context - prompt_len
+    if room < 1:
+        raise bad_request(
+            f"the prompt is {prompt_len} tokens, which leaves no room in the model's context of {context} tokens",
+            prompt_param,
+            "context_length_exceeded",
+        )
+    if req.max_tokens is None:
+        return room if default is None else min(default, room)
+    if req.max_tokens > room:
+        raise bad_request(
+            f"prompt ({prompt_len} tokens) + max_tokens ({req.max_tokens}) exceeds the model's context of "
+            f"{context} tokens",
+            "max_tokens",
+            "context_length_exceeded",
+        )
+    return req.max_tokens
+
+
+def _plan(req, settings: Settings, engine: LlamaEngine, prompts: list[list[int]], prompt_param: str,
+          default_max: int | None, num_logprobs: int | None, prompt_logprobs: int | None = None) -> GenerationPlan:
+    num_choices = _choices_and_limits(req, settings, num_logprobs)
+    if req.stop_token_ids:
+        engine.check_token_ids(req.stop_token_ids, "stop_token_ids")
+    if req.logit_bias:
+        try:
+            engine.check_token_ids([int(t) for t in req.logit_bias], "logit_bias")
+        except ValueError:
+            raise bad_request("logit_bias keys must be token ids", "logit_bias") from None
+    longest = max(len(p) for p in prompts)
+    max_tokens = _max_tokens(req, longest, engine.info.max_model_len, prompt_param, default_max)
+    return GenerationPlan(
+        request=req,
+        max_tokens=max_tokens,
+        num_choices=num_choices,
+        num_logprobs=num_logprobs,
+        prompt_logprobs=prompt_logprobs,
+        pass_through=req.extra_fields() or None,
+    )
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex
+
+
+async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
+    _check_model(req, engine)
+    if not engine.info.is_chat:
+        raise bad_request("this model has no chat template; use the completions route", "messages")
+    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    prompt = await engine.encode_chat(messages)
+    k = req.num_logprobs()
+    plan = _plan(req, settings, engine, [prompt], "messages", None, k)
+    return Job(_new_id("chatcmpl-"), req, render.ChatFlavor(top_k=k), [prompt], plan)
+
+
+async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
+    _check_model(req, engine)
+    if req.suffix:
+        raise bad_request("suffix is not supported: Llama models do not fill in the middle", "suffix")
+    prompts: list[list[int]] = []
+    for p in req.prompts():
+        if isinstance(p, str):
+            prompts.append(await engine.encode_text(p))
+        else:
+            engine.check_token_ids(p, "prompt")
+            prompts.append(p)
+    k = req.num_logprobs()
+    echo_logprobs = k if (req.echo and k is not None) else None
+    plan = _plan(req, settings, engine, prompts, "prompt", DEFAULT_COMPLETION_MAX_TOKENS, k, echo_logprobs)
+    echo_texts = None
+    if req.echo:
+        echo_texts = [p if isinstance(p, str) else engine.decode(p) for p in req.prompts()]
+    return Job(_new_id("cmpl-"), req, render.CompletionFlavor(top_k=k), prompts, plan, echo_texts)
+
+
+# --- respond
+
+
+async def respond(job: Job, engine: LlamaEngine, http_request: Request) -> Response:
+    if job.request.stream:
+        return sse.event_stream(_frames(job, engine))
+    body = await _until_disconnected(http_request, _full(job, engine))
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
+    async with asyncio.TaskGroup() as group:  # one failure cancels the other prompts' requests
+        tasks = [group.create_task(engine.complete(p, job.plan, f"{job.request_id}-{i}")) for i, p in enumerate(job.prompts)]
+    steps = [t.result() for t in tasks]
+    n = job.request.n
+    choices = []
+    for p_idx, step in enumerate(steps):
+        for c in step.choices:
+            echo = job.echo_texts is not None
+            full = render.FullChoice(
+                index=p_idx * n + c.index,
+                text=c.text,
+                finish_reason=c.finish_reason,
+                logprobs=c.logprobs if job.plan.num_logprobs is not None else None,
+                prompt=step.prompt if echo else None,
+                prompt_text=job.echo_texts[p_idx] if echo else "",
+            )
+            choices.append(job.flavor.full_choice(full))
+    body = job.flavor.envelope(job.request_id, int(time.time()), engine.info.name, chunk=False)
+    body["choices"] = choices
+    body["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(s.completion_tokens for s in steps))
+    return body
+
+
+async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
+    flavor, n = job.flavor, job.request.n
+    created = int(time.time())
+    head = flavor.envelope(job.request_id, created, engine.info.name, chunk=True)
+    state = render.StreamState()
+    for i in range(job.total_choices):
+        opening = flavor.opening_choice(i, job.echo_texts[i // n] if job.echo_texts else None)
+        if opening is not None:
+            yield sse.frame({**head, "choices": [opening]})
+    completion_tokens = [0] * len(job.prompts)
+    finished = 0
+    include_usage = job.request.stream_options is None or job.request.stream_options.include_usage
+    try:
+        async for p_idx, step in _merged(job, engine):
+            choices = []
+            for c in step.choices:
+                c.index += p_idx * n
+                choices.append(flavor.delta_choice(c, state.of(c.index)))
+                finished += c.finish_reason is not None
+            completion_tokens[p_idx] = step.completion_tokens
+            chunk = {**head, "choices": choices}
+            if finished == job.total_choices and include_usage:
+                chunk["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(completion_tokens))
+            yield sse.frame(chunk)
+    except (EngineUnavailable, InvalidGenerationRequest) as exc:
+        # Headers are gone already: the error travels as an event, which OpenAI SDKs raise as an exception.
+        yield sse.frame(error_body(engine_error(exc)))
+    yield sse.DONE
+
+
+async def _merged(job: Job, engine: LlamaEngine) -> AsyncIterator[tuple[int, Step]]:
+    """The steps of every prompt's engine request, as they come (one prompt: no extra task or queue)."""
+    if len(job.prompts) == 1:
+        async for step in engine.stream(job.prompts[0], job.plan, job.request_id):
+            yield 0, step
+        return
+    queue: asyncio.Queue[tuple[int, Step] | BaseException | None] = asyncio.Queue()
+
+    async def pump(i: int, prompt: list[int]) -> None:
+        try:
+            async for step in engine.stream(prompt, job.plan, f"{job.request_id}-{i}"):
+                await queue.put((i, step))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            await queue.put(exc)
+            return
+        await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(job.prompts)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _until_disconnected(request: Request, work: Any) -> Any:
+    """Runs `work` unless the client goes away first; then cancelling it aborts the engine request."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    raise APIError(499, "client closed the request", code="client_closed_request")
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def engine_error(exc: Exception) -> APIError:
+    if isinstance(exc, InvalidGenerationRequest):
+        return bad_request(exc.message, exc.param)
+    return APIError(503, str(exc) or "the engine is not available", code="engine_unavailable",
+                    headers={"Retry-After": "5"})

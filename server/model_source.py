@@ -1,0 +1,48 @@
+"""Which model to serve: an explicit --model, else the one Azure ML mounted, else the built-in tiny model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.settings import Settings
+
+AZUREML_MODEL_DIR = "AZUREML_MODEL_DIR"
+TINY_MODEL_NAME = "llamaserve-tiny-llama3"
+# The tiny model runs anywhere, CPU-only laptops included; these apply unless settings name other values.
+TINY_MODEL_ENGINE_DEFAULTS = {"enforce_eager": True, "cpu_kvcache_space_gib": 1, "dtype": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: str
+    served_name: str
+    is_tiny: bool
+
+
+def find_model_dir(root: Path) -> Path:
+    """The shallowest directory under `root` holding a config.json (Azure ML nests models under NAME/VERSION)."""
+    if (root / "config.json").is_file():
+        return root
+    found = sorted(root.rglob("config.json"), key=lambda p: (len(p.parts), str(p)))
+    if not found:
+        raise FileNotFoundError(f"no config.json under {AZUREML_MODEL_DIR}={root}")
+    return found[0].parent
+
+
+def resolve(settings: Settings) -> ModelSource:
+    if settings.model:
+        return ModelSource(settings.model, settings.served_model_name or _name_of(settings.model), False)
+    azure_dir = os.environ.get(AZUREML_MODEL_DIR)
+    if azure_dir:
+        path = find_model_dir(Path(azure_dir))
+        return ModelSource(str(path), settings.served_model_name or path.name, False)
+    from engine.tiny_model import ensure_tiny_model
+
+    path = ensure_tiny_model(settings.model_cache_dir)
+    return ModelSource(str(path), settings.served_model_name or TINY_MODEL_NAME, True)
+
+
+def _name_of(model: str) -> str:
+    return Path(model.rstrip("/")).name or model

@@ -1,0 +1,166 @@
+"""Shapes engine results into API objects. Chat and text completions differ only here.
+
+Objects are plain dicts rendered by orjson: this is the per-token path, so no pydantic models are built here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.outputs import ChoiceDelta, PromptInfo, TokenLogprob
+
+
+@dataclass(slots=True)
+class ChoiceState:
+    """What one streamed choice has sent so far."""
+
+    text_offset: int = 0
+
+
+@dataclass(slots=True)
+class FullChoice:
+    """A non-streamed choice, assembled from the engine's result."""
+
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: list[TokenLogprob] | None
+    prompt: PromptInfo | None = None  # set when the prompt is echoed
+    prompt_text: str = ""
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _finish(reason: str | None) -> str | None:
+    # vLLM says "abort" for requests cut short by the server (shutdown, timeout); OpenAI clients know "length".
+    return "length" if reason == "abort" else reason
+
+
+@dataclass(frozen=True)
+class Flavor:
+    object: str
+    chunk_object: str
+    id_prefix: str
+    top_k: int | None = None  # logprobs alternatives asked for
+
+    def envelope(self, rid: str, created: int, model: str, *, chunk: bool) -> dict[str, Any]:
+        return {"id": rid, "object": self.chunk_object if chunk else self.object, "created": created, "model": model}
+
+    def full_choice(self, c: FullChoice) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def delta_choice(self, c: ChoiceDelta, state: ChoiceState) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def opening_choice(self, index: int, echo_text: str | None) -> dict[str, Any] | None:
+        """The choice's first chunk, sent before any token is generated (None: no such chunk)."""
+        return None
+
+
+@dataclass(frozen=True)
+class ChatFlavor(Flavor):
+    object: str = "chat.completion"
+    chunk_object: str = "chat.completion.chunk"
+    id_prefix: str = "chatcmpl-"
+
+    def full_choice(self, c: FullChoice) -> dict[str, Any]:
+        return {
+            "index": c.index,
+            "message": {"role": "assistant", "content": c.text, "tool_calls": None},
+            "finish_reason": _finish(c.finish_reason),
+            "logprobs": self._logprobs(c.logprobs),
+        }
+
+    def opening_choice(self, index: int, echo_text: str | None) -> dict[str, Any] | None:
+        return {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None}
+
+    def delta_choice(self, c: ChoiceDelta, state: ChoiceState) -> dict[str, Any]:
+        return {
+            "index": c.index,
+            "delta": {"content": c.text},
+            "finish_reason": _finish(c.finish_reason),
+            "logprobs": self._logprobs(c.logprobs),
+        }
+
+    def _logprobs(self, logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
+        if logprobs is None:
+            return None
+        k = self.top_k or 0
+        return {
+            "content": [
+                {
+                    "token": lp.token,
+                    "logprob": lp.logprob,
+                    "bytes": list(lp.token.encode()),
+                    "top_logprobs": [
+                        {"token": tok, "logprob": val, "bytes": list(tok.encode())} for tok, val in lp.top[:k]
+                    ],
+                }
+                for lp in logprobs
+            ]
+        }
+
+
+@dataclass(frozen=True)
+class CompletionFlavor(Flavor):
+    object: str = "text_completion"
+    chunk_object: str = "text_completion"
+    id_prefix: str = "cmpl-"
+
+    def full_choice(self, c: FullChoice) -> dict[str, Any]:
+        logprobs = None
+        text = c.text
+        if c.prompt is not None:
+            text = c.prompt_text + c.text
+            if c.logprobs is not None:
+                logprobs = self._legacy(c.prompt.logprobs or [], 0, c.prompt_text)
+                tail = self._legacy(c.logprobs, len(c.prompt_text))
+                for key in logprobs:
+                    logprobs[key] += tail[key]
+        elif c.logprobs is not None:
+            logprobs = self._legacy(c.logprobs, 0)
+        return {"index": c.index, "text": text, "finish_reason": _finish(c.finish_reason), "logprobs": logprobs}
+
+    def opening_choice(self, index: int, echo_text: str | None) -> dict[str, Any] | None:
+        if echo_text is None:
+            return None
+        return {"index": index, "text": echo_text, "finish_reason": None, "logprobs": None}
+
+    def delta_choice(self, c: ChoiceDelta, state: ChoiceState) -> dict[str, Any]:
+        logprobs = None
+        if c.logprobs is not None:
+            logprobs = self._legacy(c.logprobs, state.text_offset)
+        state.text_offset += len(c.text)
+        return {"index": c.index, "text": c.text, "finish_reason": _finish(c.finish_reason), "logprobs": logprobs}
+
+    @staticmethod
+    def _legacy(logprobs: list[TokenLogprob], offset: int, text: str | None = None) -> dict[str, list[Any]]:
+        """Legacy logprobs; with `text`, a token absent from it (the prompt's BOS) takes no room in the offsets."""
+        out: dict[str, list[Any]] = {"text_offset": [], "token_logprobs": [], "tokens": [], "top_logprobs": []}
+        for lp in logprobs:
+            out["text_offset"].append(offset)
+            out["tokens"].append(lp.token)
+            out["token_logprobs"].append(lp.logprob)
+            # The first prompt token has no logprob, hence no alternatives either.
+            out["top_logprobs"].append(None if lp.logprob is None else {tok: val for tok, val in lp.top})
+            if text is None or text.startswith(lp.token, offset):
+                offset += len(lp.token)
+        return out
+
+
+@dataclass(slots=True)
+class StreamState:
+    choices: dict[int, ChoiceState] = field(default_factory=dict)
+
+    def of(self, index: int) -> ChoiceState:
+        state = self.choices.get(index)
+        if state is None:
+            state = self.choices[index] = ChoiceState()
+        return state

@@ -1,0 +1,38 @@
+"""What the running app holds. It lives on `app.state.llama`; there is no module-level state."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+
+from engine.core import LlamaEngine
+from server.errors import APIError
+from server.settings import Settings
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    engine: LlamaEngine | None = None
+    load_error: str | None = None
+    draining: bool = False
+    loader: asyncio.Task | None = None
+    background: list[asyncio.Task] = field(default_factory=list)
+
+    def ready_engine(self) -> LlamaEngine:
+        """The engine, if it can take a request now; else the 503 that says why not."""
+        if self.draining:
+            raise APIError(503, "the server is shutting down", code="shutting_down", headers={"Retry-After": "5"})
+        if self.engine is None:
+            message = f"the model failed to load: {self.load_error}" if self.load_error else "the model is loading"
+            raise APIError(503, message, code="model_not_ready", headers={"Retry-After": "10"})
+        if self.engine.is_dead:
+            raise APIError(503, "the engine is not running", code="engine_unavailable", headers={"Retry-After": "5"})
+        return self.engine
+
+
+def state_of(app_or_request: FastAPI | Request) -> ServerState:
+    app = app_or_request.app if isinstance(app_or_request, Request) else app_or_request
+    return app.state.llama
