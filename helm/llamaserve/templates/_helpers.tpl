@@ -202,3 +202,14 @@ kind: Deployment
 {{- end }}
 name: {{ include "llamaserve.fullname" . }}
 {{- end -}}
+
+{{/* The settings' hash restarts pods when only the preset text changes; the preset name helps kubectl users. */}}
+{{- define "llamaserve.podAnnotations" -}}
+llamaserve.io/settings-sha256: {{ include "llamaserve.settings" . | sha256sum | quote }}
+{{- with .Values.presetName }}
+llamaserve.io/preset: {{ . | quote }}
+{{- end }}
+{{- with .Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
