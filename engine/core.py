@@ -22,8 +22,9 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from engine import best_of, outputs
+from engine.beam_search import beam_search
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
-from engine.sampling import GenerationPlan, to_sampling_params
+from engine.sampling import GenerationPlan, beam_step_params, to_sampling_params
 
 log = logging.getLogger("llamaserve.engine")
 
@@ -69,6 +70,7 @@ class LlamaEngine:
         self.info = info
         self._tokenizer = llm.get_tokenizer()
         self._chat_template = chat_template
+        self._eos_ids = _eos_ids(llm, self._tokenizer)
 
     # --- life cycle
 
@@ -132,10 +134,10 @@ class LlamaEngine:
 
     # --- text and tokens
 
-    async def encode_text(self, text: str) -> list[int]:
+    async def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if len(text) > _OFFLOAD_CHARS:
-            return await asyncio.to_thread(self._tokenizer.encode, text)
-        return self._tokenizer.encode(text)
+            return await asyncio.to_thread(self._tokenizer.encode, text, add_special_tokens=add_special_tokens)
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
     async def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         def render() -> list[int]:
@@ -177,6 +179,8 @@ class LlamaEngine:
 
     async def complete(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> outputs.Step:
         """All choices at once; with best_of > n, the n best candidates by mean token logprob."""
+        if plan.request.use_beam_search:
+            return await self._beam_search(prompt_ids, plan, request_id)
         params = to_sampling_params(plan, stream=False)
         final: RequestOutput | None = None
         async for out in self._generate(prompt_ids, params, request_id):
@@ -188,6 +192,38 @@ class LlamaEngine:
             choices = best_of.pick(choices, plan.request.n)
         prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer))
         return outputs.Step(choices, prompt, completion_tokens, finished=True)
+
+    async def _beam_search(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> outputs.Step:
+        req = plan.request
+        stop_ids = set(req.stop_token_ids or ()) | (set() if req.ignore_eos else self._eos_ids)
+        beams = await beam_search(
+            self._generate,
+            prompt_ids,
+            beam_step_params(plan),
+            width=plan.num_choices,
+            max_tokens=plan.max_tokens,
+            stop_ids=stop_ids,
+            length_penalty=req.length_penalty,
+            early_stopping=req.early_stopping,
+            request_id=request_id,
+        )
+        skip_special = True if req.skip_special_tokens is None else req.skip_special_tokens
+        choices = [
+            outputs.ChoiceDelta(
+                index=i,
+                text=self.decode(b.tokens, skip_special_tokens=skip_special),
+                token_ids=b.tokens,
+                logprobs=None
+                if plan.num_logprobs is None
+                else [_token_logprob(t, alts, self._tokenizer, plan.num_logprobs) for t, alts in zip(b.tokens, b.steps)],
+                finish_reason=b.finish_reason,
+                cumulative_logprob=b.cum_logprob,
+            )
+            for i, b in enumerate(beams[: req.n])
+        ]
+        return outputs.Step(
+            choices, outputs.PromptInfo(prompt_ids), sum(len(c.token_ids) for c in choices), finished=True
+        )
 
     async def _generate(self, prompt_ids: list[int], params: Any, request_id: str) -> AsyncIterator[RequestOutput]:
         if self._llm.errored:
@@ -204,9 +240,13 @@ class LlamaEngine:
 
 
 def _choice(c: CompletionOutput, tokenizer: Any) -> outputs.ChoiceDelta:
+    text = c.text
+    if isinstance(c.stop_reason, int):
+        # The contract keeps a stop_token_ids token in the text unless it is special; vLLM drops it.
+        text += tokenizer.decode([c.stop_reason], skip_special_tokens=True)
     return outputs.ChoiceDelta(
         index=c.index,
-        text=c.text,
+        text=text,
         token_ids=list(c.token_ids),
         logprobs=None if c.logprobs is None else [_token_logprob(tid, lp, tokenizer) for tid, lp in zip(c.token_ids, c.logprobs)],
         finish_reason=c.finish_reason,
@@ -214,10 +254,12 @@ def _choice(c: CompletionOutput, tokenizer: Any) -> outputs.ChoiceDelta:
     )
 
 
-def _token_logprob(token_id: int, candidates: dict, tokenizer: Any) -> outputs.TokenLogprob:
+def _token_logprob(token_id: int, candidates: dict, tokenizer: Any, k: int | None = None) -> outputs.TokenLogprob:
     chosen = candidates[token_id]
     # vLLM keeps the top k plus the sampled token; rank orders them (the sampled one may rank below k).
     ranked = sorted(candidates.items(), key=lambda item: item[1].rank or 0)
+    if k is not None:  # candidates hold more than the client asked for (beam search)
+        ranked = [(t, lp) for i, (t, lp) in enumerate(ranked) if i < k or t == token_id]
     return outputs.TokenLogprob(
         token=_token_text(token_id, chosen, tokenizer),
         token_id=token_id,
@@ -241,6 +283,17 @@ def _prompt_logprobs(out: RequestOutput, tokenizer: Any) -> list[outputs.TokenLo
         else _token_logprob(tid, candidates, tokenizer)
         for tid, candidates in zip(out.prompt_token_ids or [], out.prompt_logprobs)
     ]
+
+
+def _eos_ids(llm: AsyncLLM, tokenizer: Any) -> set[int]:
+    """Every token the model ends a turn with: the tokenizer's EOS and generation_config's (Llama 3 has several)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = llm.model_config.try_get_generation_config().get("eos_token_id")
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return ids
 
 
 def _provider(model: str, hf_config: Any) -> str:

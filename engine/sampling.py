@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from vllm.exceptions import VLLMError
 from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 from engine.errors import InvalidGenerationRequest
@@ -72,8 +73,13 @@ def to_sampling_params(plan: GenerationPlan, *, stream: bool) -> SamplingParams:
         kwargs.update(plan.pass_through)
     try:
         return SamplingParams(**kwargs)
-    except (ValueError, TypeError) as exc:
+    except (VLLMError, ValueError, TypeError) as exc:
         raise InvalidGenerationRequest(str(exc)) from exc
+
+
+def beam_step_params(plan: GenerationPlan) -> SamplingParams:
+    """One beam-search step: the next token's 2 x width most likely alternatives."""
+    return SamplingParams(max_tokens=1, temperature=0.0, logprobs=2 * plan.num_choices, detokenize=False)
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:

@@ -10,8 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from engine.core import EngineOptions, LlamaEngine
-from server import errors, model_source
-from server.routes import generate, meta
+from server import errors, metrics, model_source
+from server.limits import BodyLimitMiddleware
+from server.observability import RequestContextMiddleware
+from server.security import ApiKeyMiddleware, KeyRing, warn_if_open
+from schemas import ChatCompletionRequest, CompletionRequest
+from schemas.tokenize import DetokenizeRequest, TokenizeRequest
+from server.routes import generate, meta, tokenize
+from server.routes.docs import document_bodies
 from server.settings import Settings
 from server.state import ServerState, state_of
 
@@ -50,35 +56,39 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = state_of(app)
         state.loader = asyncio.create_task(_load(state, engine_factory))
+        state.lifecycle.start()
         try:
             yield
         finally:
             state.draining = True
             state.loader.cancel()
+            await state.lifecycle.stop()
             if state.engine is not None:
                 state.engine.shutdown()
 
     app = FastAPI(title="llamaserve", version="0.1.0", lifespan=lifespan)
     app.state.llama = ServerState(settings=settings)
     errors.install(app)
+    _protect(app, app.state.llama)
     app.include_router(meta.router)
+    app.include_router(metrics.router)
     app.include_router(generate.router)
-    _document_bodies(app)
+    app.include_router(tokenize.router)
+    document_bodies(app, (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest))
     return app
 
 
-def _document_bodies(app: FastAPI) -> None:
-    """Adds the hand-parsed request bodies' schemas to the OpenAPI components."""
-    build = app.openapi
+def _protect(app: FastAPI, state: ServerState) -> None:
+    """Outermost first: request id and access log, then the key check, then the body size limit."""
+    keys = KeyRing(settings_keys(state.settings))
+    warn_if_open(keys)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.max_request_bytes)
+    app.add_middleware(ApiKeyMiddleware, state=state, keys=keys)
+    app.add_middleware(RequestContextMiddleware, state=state)  # added last: runs first
 
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = build()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in generate.BODY_MODELS:
-                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(body.pop("$defs", {}))
-                components[model.__name__] = body
-        return app.openapi_schema or schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+def settings_keys(settings: Settings) -> list[str]:
+    try:
+        return settings.all_api_keys()
+    except OSError as exc:  # a missing secret must stop the start, not open the server
+        raise RuntimeError(f"cannot read api_key_file {settings.api_key_file}: {exc}") from exc

@@ -10,10 +10,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -26,6 +26,8 @@ from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
 from server import render, sse
 from server.errors import APIError, bad_request, error_body, from_pydantic, from_validation_errors
 from server.settings import Settings
+
+BodyModel = TypeVar("BodyModel", bound=BaseModel)
 
 
 @dataclass
@@ -47,7 +49,8 @@ class Job:
 # --- validate
 
 
-def parse_request(raw: bytes, model: type[GenerationRequest], extra_header: str | None) -> GenerationRequest:
+def parse_body(raw: bytes, model: type[BodyModel]) -> BodyModel:
+    """Bodies are parsed here rather than by FastAPI, so that every failure takes the documented error shape."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -55,9 +58,13 @@ def parse_request(raw: bytes, model: type[GenerationRequest], extra_header: str 
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
     try:
-        req = model.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         raise from_pydantic(exc) from exc
+
+
+def parse_request(raw: bytes, model: type[GenerationRequest], extra_header: str | None) -> GenerationRequest:
+    req = parse_body(raw, model)
     _apply_extra_parameters(req, extra_header)
     return req
 
@@ -92,9 +99,9 @@ def _apply_extra_parameters(req: GenerationRequest, header: str | None) -> None:
 # --- convert
 
 
-def _check_model(req: GenerationRequest, engine: LlamaEngine) -> None:
-    if req.model is not None and req.model not in (engine.info.name, engine.info.path):
-        raise APIError(404, f"The model `{req.model}` does not exist; this server serves `{engine.info.name}`",
+def check_model(model: str | None, engine: LlamaEngine) -> None:
+    if model is not None and model not in (engine.info.name, engine.info.path):
+        raise APIError(404, f"The model `{model}` does not exist; this server serves `{engine.info.name}`",
                        param="model", code="model_not_found")
 
 
@@ -109,8 +116,6 @@ def _choices_and_limits(req: GenerationRequest, settings: Settings, num_logprobs
         raise bad_request(f"best_of ({best_of}) must be greater than or equal to n ({req.n})", "best_of")
     if best_of > settings.max_best_of:
         raise bad_request(f"best_of must be at most {settings.max_best_of}", "best_of")
-    if req.stream and best_of > req.n:
-        raise bad_request("best_of > n cannot be streamed: candidates are ranked after they finish", "best_of")
     if req.use_beam_search:
         if best_of <= 1:
             raise bad_request("use_beam_search needs a beam width (best_of, else n) greater than 1", "best_of")
@@ -118,6 +123,18 @@ def _choices_and_limits(req: GenerationRequest, settings: Settings, num_logprobs
             raise bad_request("use_beam_search requires temperature 0", "temperature")
         if req.stream:
             raise bad_request("use_beam_search cannot be streamed", "stream")
+        if req.stop:
+            raise bad_request("stop strings are not supported with use_beam_search; use stop_token_ids", "stop")
+        # Beams are ranked on the model's own logprobs, which biases and minimums would not change.
+        for name in ("logit_bias", "min_tokens"):
+            if getattr(req, name):
+                raise bad_request(f"{name} is not supported with use_beam_search", name)
+        return best_of
+    if req.stream and best_of > req.n:
+        raise bad_request("best_of > n cannot be streamed: candidates are ranked after they finish", "best_of")
+    if best_of > 1 and req.temperature == 0:
+        param = "best_of" if best_of > req.n else "n"
+        raise bad_request(f"{param} > 1 needs sampling: temperature 0 would give {best_of} identical answers", param)
     return best_of
 
 
@@ -168,7 +185,7 @@ def _new_id(prefix: str) -> str:
 
 
 async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
-    _check_model(req, engine)
+    check_model(req.model, engine)
     if not engine.info.is_chat:
         raise bad_request("this model has no chat template; use the completions route", "messages")
     messages = [{"role": m.role, "content": m.text()} for m in req.messages]
@@ -179,7 +196,7 @@ async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings
 
 
 async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
-    _check_model(req, engine)
+    check_model(req.model, engine)
     if req.suffix:
         raise bad_request("suffix is not supported: Llama models do not fill in the middle", "suffix")
     prompts: list[list[int]] = []
@@ -209,8 +226,11 @@ async def respond(job: Job, engine: LlamaEngine, http_request: Request) -> Respo
 
 
 async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
-    async with asyncio.TaskGroup() as group:  # one failure cancels the other prompts' requests
-        tasks = [group.create_task(engine.complete(p, job.plan, f"{job.request_id}-{i}")) for i, p in enumerate(job.prompts)]
+    try:
+        async with asyncio.TaskGroup() as group:  # one failure cancels the other prompts' requests
+            tasks = [group.create_task(engine.complete(p, job.plan, f"{job.request_id}-{i}")) for i, p in enumerate(job.prompts)]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
     steps = [t.result() for t in tasks]
     n = job.request.n
     choices = []

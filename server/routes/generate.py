@@ -10,15 +10,10 @@ from starlette.responses import Response
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
 from schemas import ChatCompletionRequest, CompletionRequest
 from server import generation
+from server.routes.docs import body_doc
 from server.state import state_of
 
 router = APIRouter(tags=["generation"])
-
-
-def _body_doc(model: type) -> dict[str, Any]:
-    # The body is parsed by the pipeline (for its error contract), so its schema is declared by hand.
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
 async def _serve(request: Request, model: type, prepare: Any) -> Response:
@@ -32,16 +27,14 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
         raise generation.engine_error(exc) from exc
 
 
-@router.post("/chat/completions", openapi_extra=_body_doc(ChatCompletionRequest))
-@router.post("/v1/chat/completions", openapi_extra=_body_doc(ChatCompletionRequest))
+@router.post("/chat/completions", openapi_extra=body_doc(ChatCompletionRequest))
+@router.post("/v1/chat/completions", openapi_extra=body_doc(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     return await _serve(request, ChatCompletionRequest, generation.prepare_chat)
 
 
-@router.post("/completions", openapi_extra=_body_doc(CompletionRequest))
-@router.post("/v1/completions", openapi_extra=_body_doc(CompletionRequest))
+@router.post("/completions", openapi_extra=body_doc(CompletionRequest))
+@router.post("/v1/completions", openapi_extra=body_doc(CompletionRequest))
 async def completions(request: Request) -> Response:
     return await _serve(request, CompletionRequest, generation.prepare_completion)
 
-
-BODY_MODELS = (ChatCompletionRequest, CompletionRequest)

@@ -1,0 +1,127 @@
+"""best_of and beam search on the real engine, and their validation."""
+
+from __future__ import annotations
+
+import pytest
+
+MESSAGES = [{"role": "user", "content": "Tell the llama a story."}]
+
+
+def complete(client, **body):
+    resp = client.post("/v1/completions", json={"prompt": "Hello world", **body})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def mean_logprob(choice) -> float:
+    lps = choice["logprobs"]["token_logprobs"]
+    return sum(lps) / len(lps)
+
+
+def test_best_of_returns_the_candidate_with_the_highest_mean_logprob(client):
+    for seed in range(3):
+        base = {"max_tokens": 12, "seed": seed, "logprobs": 0, "temperature": 1.0}
+        # best_of=4, n=1 samples exactly what n=4 with the same seed samples, then keeps the best.
+        candidates = complete(client, n=4, **base)
+        best = complete(client, n=1, best_of=4, **base)
+        top = max(candidates["choices"], key=mean_logprob)
+        assert best["choices"][0]["text"] == top["text"]
+        assert best["usage"]["completion_tokens"] == candidates["usage"]["completion_tokens"]  # all 4 were generated
+
+
+def test_best_of_beats_plain_samples_over_seeds(client):
+    picked, plain = [], []
+    for seed in range(5):
+        base = {"max_tokens": 16, "seed": 100 + seed, "logprobs": 0, "ignore_eos": True}
+        picked.append(mean_logprob(complete(client, best_of=5, **base)["choices"][0]))
+        plain.append(mean_logprob(complete(client, **base)["choices"][0]))
+    assert sum(picked) / 5 > sum(plain) / 5
+    assert all(p >= q for p, q in zip(picked, plain))  # the same seed's first sample is among the candidates
+
+
+def test_best_of_with_n_returns_n_best_in_order(client):
+    body = complete(client, n=2, best_of=5, max_tokens=10, seed=9, logprobs=0)
+    choices = body["choices"]
+    assert [c["index"] for c in choices] == [0, 1]
+    assert mean_logprob(choices[0]) >= mean_logprob(choices[1])
+
+
+def test_best_of_without_logprobs_hides_them(client):
+    body = complete(client, best_of=3, max_tokens=6, seed=1)
+    assert body["choices"][0]["logprobs"] is None
+
+
+def test_best_of_on_chat(client):
+    resp = client.post("/v1/chat/completions", json={"messages": MESSAGES, "best_of": 3, "max_tokens": 8, "ignore_eos": True, "seed": 2})
+    assert resp.status_code == 200
+    body = resp.json()
+    assert len(body["choices"]) == 1 and body["usage"]["completion_tokens"] == 24
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"n": 3, "best_of": 2}, "best_of"),
+        ({"best_of": 1000}, "best_of"),
+        ({"best_of": 0}, "best_of"),
+        ({"best_of": 3, "stream": True}, "best_of"),
+        ({"n": 1000}, "n"),
+        ({"n": 2, "temperature": 0}, "n"),
+        ({"best_of": 2, "temperature": 0}, "best_of"),
+    ],
+)
+def test_best_of_errors(client, body, param):
+    resp = client.post("/v1/completions", json={"prompt": "x", **body})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param
+    assert resp.json()["error"]["message"]
+
+
+def test_beam_search_is_deterministic_and_returns_n_beams(client):
+    body = {"use_beam_search": True, "best_of": 4, "n": 3, "temperature": 0, "max_tokens": 8, "ignore_eos": True, "logprobs": 0}
+    a, b = complete(client, **body), complete(client, **body)
+    assert [c["text"] for c in a["choices"]] == [c["text"] for c in b["choices"]]
+    assert len(a["choices"]) == 3 and len({c["text"] for c in a["choices"]}) == 3
+    scores = [sum(c["logprobs"]["token_logprobs"]) for c in a["choices"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_beam_search_finds_a_likelier_sequence_than_greedy(client):
+    for prompt in ("Hello world", "The llama", "Once upon a time"):
+        base = {"prompt": prompt, "max_tokens": 10, "ignore_eos": True, "logprobs": 0, "temperature": 0}
+        greedy = client.post("/v1/completions", json=base).json()["choices"][0]
+        beam = client.post("/v1/completions", json={**base, "use_beam_search": True, "best_of": 4}).json()["choices"][0]
+        assert sum(beam["logprobs"]["token_logprobs"]) >= sum(greedy["logprobs"]["token_logprobs"]) - 1e-4
+
+
+def test_beam_width_defaults_to_n_and_works_on_chat(client):
+    resp = client.post("/v1/chat/completions", json={"messages": MESSAGES, "use_beam_search": True, "n": 2, "max_tokens": 6, "temperature": 0})
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json()["choices"]) == 2
+
+
+def test_beam_search_stops_at_stop_token_ids_and_applies_length_penalty(client):
+    greedy = complete(client, max_tokens=1, temperature=0, logprobs=0)["choices"][0]["logprobs"]["tokens"][0]
+    [first] = client.post("/tokenize", json={"prompt": greedy, "add_special_tokens": False}).json()["tokens"]
+    # The greedy first token is the likeliest step-0 move, so one beam stops right there. Unnormalised scores
+    # (length_penalty 0) rank that one-token beam above any 8-token beam; normalised ones (1) need not.
+    body = {"use_beam_search": True, "best_of": 2, "max_tokens": 8, "stop_token_ids": [first], "ignore_eos": True}
+    short = complete(client, **body, length_penalty=0.0)
+    assert short["choices"][0]["finish_reason"] == "stop"
+    assert short["choices"][0]["text"] == greedy and short["usage"]["completion_tokens"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"use_beam_search": True}, "best_of"),
+        ({"use_beam_search": True, "best_of": 3, "temperature": 0.7}, "temperature"),
+        ({"use_beam_search": True, "best_of": 3, "stream": True}, "stream"),
+        ({"use_beam_search": True, "best_of": 3, "stop": ["x"]}, "stop"),
+        ({"use_beam_search": True, "best_of": 3, "logit_bias": {"5": 3}}, "logit_bias"),
+    ],
+)
+def test_beam_search_errors(client, body, param):
+    resp = client.post("/v1/completions", json={"prompt": "x", **body})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param
