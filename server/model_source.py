@@ -37,11 +37,18 @@ def resolve(settings: Settings) -> ModelSource:
     azure_dir = os.environ.get(AZUREML_MODEL_DIR)
     if azure_dir:
         path = find_model_dir(Path(azure_dir))
-        return ModelSource(str(path), settings.served_model_name or path.name, False)
+        return ModelSource(str(path), settings.served_model_name or _azure_name(path), False)
     from engine.tiny_model import ensure_tiny_model
 
     path = ensure_tiny_model(settings.model_cache_dir)
     return ModelSource(str(path), settings.served_model_name or TINY_MODEL_NAME, True)
+
+
+def _azure_name(path: Path) -> str:
+    """Azure ML mounts models at .../NAME/VERSION: a bare version number is no name."""
+    while path.name.isdigit() and path.parent != path:
+        path = path.parent
+    return path.name
 
 
 def _name_of(model: str) -> str:
