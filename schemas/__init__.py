@@ -3,7 +3,7 @@
 from schemas.chat import ChatCompletionRequest, ChatMessage
 from schemas.common import GenerationRequest, ResponseFormat, StreamOptions
 from schemas.completions import CompletionRequest
-from schemas.extras import LLAMA_EXTRA_FIELDS, ExtraParametersMode
+from schemas.extras import ExtraParametersMode
 
 __all__ = [
     "ChatCompletionRequest",
@@ -11,7 +11,6 @@ __all__ = [
     "CompletionRequest",
     "ExtraParametersMode",
     "GenerationRequest",
-    "LLAMA_EXTRA_FIELDS",
     "ResponseFormat",
     "StreamOptions",
 ]

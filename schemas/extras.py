@@ -1,4 +1,8 @@
-"""The Azure `extra-parameters` contract: what happens to body fields the API does not define."""
+"""The Azure `extra-parameters` contract: what happens to body fields the API does not define.
+
+The documented Llama extras (n, best_of, logprobs, ignore_eos, use_beam_search, stop_token_ids,
+skip_special_tokens) are declared request fields, so they are accepted whatever the header says.
+"""
 
 from enum import Enum
 
@@ -8,8 +12,3 @@ class ExtraParametersMode(str, Enum):
     drop = "drop"
     pass_through = "pass-through"
 
-
-# Documented Llama extras: accepted whatever the header says, since Llama clients send them as plain fields.
-LLAMA_EXTRA_FIELDS = frozenset(
-    {"n", "best_of", "logprobs", "ignore_eos", "use_beam_search", "stop_token_ids", "skip_special_tokens"}
-)
