@@ -1,0 +1,238 @@
+"""The load generator: its own process, loopback only, every loop bounded in requests and time.
+
+`python -m bench.loadgen --plan plan.json --out out.json`
+
+The plan names the servers (name, loopback URL, API server pid), a model, a prompt, the output length and a list
+of scenarios; for each scenario and server this process drives the server, reads the server process's own CPU
+time (psutil, the API server only: its EngineCore child is counted separately) before and after, and writes one
+summary per scenario, server and round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+import psutil
+
+from bench.stats import scenario_key, summarize
+
+REQUEST_TIMEOUT_S = 120  # one request, start to last byte
+DRAIN_TIMEOUT_S = 60  # after a scenario's time is up, how long in-flight requests may still take
+
+
+def body(plan: dict[str, Any], api: str, stream: bool) -> bytes:
+    payload: dict[str, Any] = {
+        "model": plan["model"],
+        "max_tokens": plan["max_tokens"],
+        "ignore_eos": True,
+        "temperature": 0.8,
+        "stream": stream,
+    }
+    if stream:
+        payload["stream_options"] = {"include_usage": True}
+    if api == "chat":
+        payload["messages"] = [{"role": "user", "content": plan["prompt"]}]
+    else:
+        payload["prompt"] = plan["prompt"]
+    return orjson.dumps(payload)
+
+
+def _has_text(chunk: dict[str, Any], api: str) -> bool:
+    for c in chunk.get("choices") or ():
+        if api == "chat":
+            if (c.get("delta") or {}).get("content"):
+                return True
+        elif c.get("text"):
+            return True
+    return False
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, data: bytes, api: str, stream: bool) -> dict[str, Any]:
+    rec: dict[str, Any] = {"ok": False, "start": time.perf_counter(), "end": None, "tokens": 0, "ttft": None, "itl": []}
+    try:
+        async with session.post(url, data=data, headers={"Content-Type": "application/json"}) as resp:
+            if resp.status != 200:
+                rec["error"] = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+                return rec
+            if not stream:
+                out = orjson.loads(await resp.read())
+                rec["tokens"] = out["usage"]["completion_tokens"]
+                rec["ok"] = True
+                return rec
+            last = None
+            done = False
+            async for line in resp.content:
+                if not line.startswith(b"data: "):
+                    continue
+                data_part = line[6:].strip()
+                if data_part == b"[DONE]":
+                    done = True
+                    break
+                now = time.perf_counter()
+                chunk = orjson.loads(data_part)
+                if "error" in chunk:
+                    rec["error"] = str(chunk["error"])[:200]
+                    return rec
+                if _has_text(chunk, api):
+                    if last is None:
+                        rec["ttft"] = now - rec["start"]
+                    else:
+                        rec["itl"].append(now - last)
+                    last = now
+                usage = chunk.get("usage")
+                if usage:
+                    rec["tokens"] = usage["completion_tokens"]
+            rec["ok"] = done and rec["tokens"] > 0
+            if not rec["ok"]:
+                rec["error"] = "stream ended without [DONE] or usage"
+            return rec
+    except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, KeyError) as exc:
+        rec["error"] = f"{type(exc).__name__}: {exc}"[:200]
+        return rec
+    finally:
+        rec["end"] = time.perf_counter()
+
+
+async def closed_loop(session, url, data, api, stream, concurrency: int, duration_s: float, max_requests: int) -> list[dict]:
+    """`concurrency` workers, each sending its next request when the previous one ends, until time or count is up."""
+    records: list[dict] = []
+    deadline = time.perf_counter() + duration_s
+    issued = 0
+
+    async def worker() -> None:
+        nonlocal issued
+        while time.perf_counter() < deadline and issued < max_requests:
+            issued += 1
+            records.append(await one_request(session, url, data, api, stream))
+
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), duration_s + DRAIN_TIMEOUT_S)
+    return records
+
+
+async def open_loop(session, url, data, api, stream, concurrency: int, rate: float, duration_s: float, max_requests: int,
+                    seed: int) -> list[dict]:
+    """Poisson arrivals at `rate` per second, at most `concurrency` in flight (later arrivals wait for a slot)."""
+    rng = random.Random(seed)
+    slots = asyncio.Semaphore(concurrency)
+    records: list[dict] = []
+    tasks = []
+
+    async def send() -> None:
+        async with slots:
+            records.append(await one_request(session, url, data, api, stream))
+
+    start = time.perf_counter()
+    at = 0.0
+    for _ in range(max_requests):
+        at += rng.expovariate(rate)
+        if at >= duration_s:
+            break
+        delay = start + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(send()))
+    if tasks:
+        await asyncio.wait_for(asyncio.gather(*tasks), DRAIN_TIMEOUT_S)
+    return records
+
+
+def _cpu(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system  # this process's threads only; children are not included
+
+
+def _engine_cpu(proc: psutil.Process) -> float:
+    total = 0.0
+    for child in proc.children(recursive=True):
+        try:
+            total += _cpu(child)
+        except psutil.Error:
+            pass
+    return total
+
+
+async def _scenario(session, target: dict[str, Any], plan: dict[str, Any], sc: dict[str, Any], seed: int) -> dict[str, Any]:
+    api, stream, loop, c = sc["api"], sc["stream"], sc["loop"], sc["concurrency"]
+    url = target["url"] + ROUTES[api]
+    data = body(plan, api, stream)
+    server = target["process"]
+    cpu0, eng0, t0 = _cpu(server), _engine_cpu(server), time.perf_counter()
+    if loop == "closed":
+        records = await closed_loop(session, url, data, api, stream, c, plan["duration_s"], plan["max_requests"])
+    else:
+        records = await open_loop(session, url, data, api, stream, c, sc["rate"], plan["duration_s"],
+                                  plan["max_requests"], seed=seed)
+    t1 = max([r["end"] for r in records] + [t0])
+    cpu1, eng1 = _cpu(server), _engine_cpu(server)
+    summary = summarize(records, wall_s=t1 - t0, server_cpu_s=cpu1 - cpu0, engine_cpu_s=eng1 - eng0)
+    summary["scenario"] = sc
+    summary["first_errors"] = [r["error"] for r in records if not r["ok"]][:3]
+    return summary
+
+
+ROUTES = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+async def run_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """Every scenario on every target back to back (the order alternating), `rounds` times over.
+
+    Running the servers' scenarios side by side, rather than one server's whole matrix and then the other's,
+    keeps slow drifts of the machine's background load out of the ratios.
+    """
+    targets = plan["targets"]
+    for t in targets:
+        if urlsplit(t["url"]).hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise SystemExit(f"loopback only: refusing {t['url']}")
+        t["process"] = psutil.Process(t["pid"])
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {t["name"]: {} for t in targets}
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        for t in targets:  # warm-up, not measured: every route and mode at a little concurrency
+            for api in plan["apis"]:
+                for stream in (True, False):
+                    await closed_loop(session, t["url"] + ROUTES[api], body(plan, api, stream), api, stream, 4,
+                                      plan["warmup_s"], 64)
+        step = 0
+        for rnd in range(plan.get("rounds", 1)):
+            for i, sc in enumerate(plan["scenarios"]):
+                order = targets if step % 2 == 0 else targets[::-1]
+                step += 1
+                for t in order:
+                    await asyncio.sleep(plan.get("settle_s", 0.5))  # the previous scenario's tail leaves the server
+                    summary = await _scenario(session, t, plan, sc, seed=1000 + i)
+                    results[t["name"]].setdefault(scenario_key(sc), []).append(summary)
+                    print(f"  [{rnd + 1}] {t['name']:<10} {scenario_key(sc):<28} {summary['ok']:>5} ok "
+                          f"{summary['errors']:>3} err {summary['output_tok_s'] or 0:8.0f} tok/s  "
+                          f"TTFT p50 {summary['ttft_p50_ms'] or 0:6.0f} ms  cpu {summary['server_cpu_s']:.2f}s",
+                          file=sys.stderr, flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--plan", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    plan = orjson.loads(open(args.plan, "rb").read())
+    coro = run_plan(plan)
+    try:
+        import uvloop
+    except ImportError:
+        results = asyncio.run(coro)
+    else:
+        results = uvloop.run(coro)
+    with open(args.out, "wb") as f:
+        f.write(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Benchmark llamaserve against vLLM's own OpenAI server on the same model and engine arguments.
+
+    .venv/bin/python -m bench.run            # full matrix, ~15 min on 2 cores
+    .venv/bin/python -m bench.run --quick    # the targets' scenarios only, ~4 min
+
+Starts llamaserve, drives it from a separate load-generator process (bench.loadgen), stops it; then the same for
+vLLM's server. Prints one table of ratios (llamaserve / vLLM), whether each target is met, and saves the raw
+results (JSON) and a chart (PNG) under docs/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from bench import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+MODEL_NAME = "llamaserve-tiny-llama3"
+MAX_MODEL_LEN = 1024
+READY_TIMEOUT_S = 300
+PROMPT = (
+    "You are benchmarking a language model server. Describe, in plain words, how a llama spends a quiet "
+    "afternoon in the mountains, what it eats, and whom it meets on the way."
+)
+CONCURRENCY = [1, 8, 32, 128]
+# Open-loop arrival rates (requests/s) per concurrency cap: the same load for both servers, below their capacity.
+OPEN_RATES = {1: 2.0, 8: 10.0, 32: 20.0, 128: 30.0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scenarios(quick: bool, apis: list[str]) -> list[dict[str, Any]]:
+    out = []
+    if quick:  # what the targets need: closed loop at c1 and c32, both modes
+        for api in apis:
+            for stream in (True, False):
+                for c in (1, 32):
+                    out.append({"api": api, "stream": stream, "loop": "closed", "concurrency": c})
+        return out
+    for api in apis:
+        for stream in (True, False):
+            for loop in ("closed", "open"):
+                for c in CONCURRENCY:
+                    sc: dict[str, Any] = {"api": api, "stream": stream, "loop": loop, "concurrency": c}
+                    if loop == "open":
+                        sc["rate"] = OPEN_RATES[c]
+                    out.append(sc)
+    return out
+
+
+class Server:
+    """A server child process in its own process group (so its EngineCore goes down with it)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int, log_dir: Path):
+        self.name = name
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, path: str) -> float:
+        start = self.started
+        while time.monotonic() - start < READY_TIMEOUT_S:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return time.monotonic() - start
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} not ready after {READY_TIMEOUT_S}s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        try:  # stragglers of the group (the EngineCore) that outlived the parent
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
+
+
+def llamaserve_server(cache_dir: Path, log_dir: Path, extra: list[str]) -> Server:
+    port = free_port()
+    argv = [PYTHON, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--model-cache-dir", str(cache_dir), "--rate-limit-rpm", "0", "--rate-limit-tpm", "0", *extra]
+    return Server("llamaserve", argv, {}, port, log_dir)
+
+
+def vllm_server(model_dir: Path, log_dir: Path) -> Server:
+    port = free_port()
+    # The engine arguments llamaserve gives the tiny model (engine.core / server.app / server.model_source).
+    argv = [PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+            "--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
+            "--enforce-eager", "--dtype", "bfloat16", "--max-model-len", str(MAX_MODEL_LEN),
+            "--seed", "0", "--max-logprobs", "32", "--generation-config", "vllm"]
+    return Server("vllm", argv, {"VLLM_CPU_KVCACHE_SPACE": "1"}, port, log_dir)
+
+
+def drive(servers: list[Server], plan: dict[str, Any], work: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Runs the load generator, a separate process, against the running servers."""
+    plan = {**plan, "targets": [{"name": s.name, "url": s.url, "pid": s.proc.pid} for s in servers]}
+    plan_path, out_path = work / "plan.json", work / "out.json"
+    plan_path.write_bytes(orjson.dumps(plan))
+    cmd = [PYTHON, "-m", "bench.loadgen", "--plan", str(plan_path), "--out", str(out_path)]
+    budget = plan["rounds"] * len(plan["scenarios"]) * len(servers) * (plan["duration_s"] + 70) + 300
+    subprocess.run(cmd, cwd=ROOT, check=True, timeout=budget)
+    return orjson.loads(out_path.read_bytes())
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="closed loop at c1 and c32 only, shorter scenarios")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per scenario (default 6, quick 5)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (ignore_eos)")
+    parser.add_argument("--max-requests", type=int, default=2000, help="request cap per scenario")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the matrix; figures are medians over rounds")
+    parser.add_argument("--apis", default="chat,completions", help="comma-separated: chat, completions")
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "bench")
+    parser.add_argument("--label", default="", help="saved with the results, e.g. what changed")
+    parser.add_argument("--only", choices=["llamaserve", "vllm"], help="run one server (no ratios)")
+    parser.add_argument("--no-chart", action="store_true")
+    args = parser.parse_args(argv)
+
+    from engine.tiny_model import ensure_tiny_model
+
+    model_dir = Path(ensure_tiny_model(args.cache_dir))
+    apis = [a.strip() for a in args.apis.split(",") if a.strip()]
+    plan = {
+        "model": MODEL_NAME,
+        "prompt": PROMPT,
+        "max_tokens": args.max_tokens,
+        "apis": apis,
+        "duration_s": args.duration or (5.0 if args.quick else 6.0),
+        "warmup_s": 2.0,
+        "settle_s": 0.5,
+        "max_requests": args.max_requests,
+        "rounds": args.rounds,
+        "scenarios": scenarios(args.quick, apis),
+    }
+    started = time.monotonic()
+    ready: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="llamaserve-bench-") as tmp:
+        work = Path(tmp)
+        servers: list[Server] = []
+        try:
+            # Started one after the other (llamaserve first); both load their engines while the other starts.
+            if args.only != "vllm":
+                servers.append(llamaserve_server(args.cache_dir, work, []))
+            if args.only != "llamaserve":
+                servers.append(vllm_server(model_dir, work))
+            for srv in servers:
+                ready[srv.name] = round(srv.wait_ready("/ready" if srv.name == "llamaserve" else "/health"), 1)
+                print(f"== {srv.name} ready ({time.monotonic() - started:.0f}s in, pid {srv.proc.pid})",
+                      file=sys.stderr, flush=True)
+            raw = drive(servers, plan, work)
+        finally:
+            for srv in servers:
+                srv.stop()
+    results = {name: {key: stats.merge_rounds(runs) for key, runs in scen.items()} for name, scen in raw.items()}
+
+    report: dict[str, Any] = {
+        "meta": {
+            "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "git": git_rev(),
+            "label": args.label,
+            "quick": args.quick,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "plan": {k: v for k, v in plan.items() if k != "scenarios"},
+            "ready_s": ready,
+            "elapsed_s": None,
+        },
+        "results": results,
+        "raw": raw,
+    }
+    if len(results) == 2:
+        rows = stats.ratio_table(results["llamaserve"], results["vllm"])
+        checks = stats.targets(results["llamaserve"], results["vllm"], apis)
+        report["ratios"] = rows
+        report["targets"] = checks
+        print("\nllamaserve / vLLM (same engine, same load; >1x is better for tok/s and req/s, <1x for the rest)")
+        print(stats.format_table(rows, results["llamaserve"]))
+        print()
+        print(stats.format_targets(checks))
+    else:
+        only = next(iter(results.values()))
+        for key, s in only.items():
+            print(f"{key:<28} {s['output_tok_s'] or 0:8.0f} tok/s  TTFT p50 {s['ttft_p50_ms'] or 0:7.1f} ms  "
+                  f"cpu/1k {s['cpu_s_per_1k_tok'] or 0:.3f} s")
+    report["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if args.quick else ""
+    json_path = args.out_dir / f"results{suffix}.json"
+    json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(f"\nraw results: {json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path}")
+    if len(results) == 2 and not args.no_chart:
+        try:
+            from bench.chart import save_chart
+        except ImportError as exc:
+            print(f"no chart ({exc}); install the bench extra", file=sys.stderr)
+        else:
+            png = save_chart(report, args.out_dir / f"chart{suffix}.png")
+            print(f"chart: {png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}")
+    print(f"elapsed: {report['meta']['elapsed_s']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

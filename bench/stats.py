@@ -1,0 +1,186 @@
+"""Statistics for the benchmark: percentiles, per-scenario summaries, the ratio table and the targets.
+
+Pure functions over plain dicts and lists, so they can be unit-tested without a server.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+# (column key, heading, metric key in a summary, higher is better)
+RATIO_COLUMNS: list[tuple[str, str, bool]] = [
+    ("output_tok_s", "out tok/s", True),
+    ("req_s", "req/s", True),
+    ("ttft_p50_ms", "TTFT p50", False),
+    ("ttft_p99_ms", "TTFT p99", False),
+    ("itl_p50_ms", "ITL p50", False),
+    ("itl_p99_ms", "ITL p99", False),
+    ("cpu_s_per_1k_tok", "CPU s/1k tok", False),
+]
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100) with linear interpolation between closest ranks (numpy's default); None if empty."""
+    if not values:
+        return None
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {q}")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = math.ceil(pos)
+    if lo == hi:
+        return float(ordered[lo])
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return percentile(present, 50)
+
+
+def ratio(ours: float | None, theirs: float | None) -> float | None:
+    """ours / theirs; None when either is missing or theirs is zero."""
+    if ours is None or theirs is None or theirs == 0:
+        return None
+    return ours / theirs
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else v * 1000
+
+
+def summarize(records: list[dict[str, Any]], *, wall_s: float, server_cpu_s: float, engine_cpu_s: float | None = None) -> dict[str, Any]:
+    """One scenario's figures from its request records.
+
+    A record: ok (bool), start, end (seconds), tokens (output tokens), ttft (s, streaming only), itl (list of s:
+    gaps between successive chunks that carried text, streaming only).
+    """
+    ok = [r for r in records if r.get("ok")]
+    tokens = sum(r["tokens"] for r in ok)
+    ttfts = [r["ttft"] for r in ok if r.get("ttft") is not None]
+    itls = [gap for r in ok for gap in (r.get("itl") or ())]
+    latencies = [r["end"] - r["start"] for r in ok]
+    return {
+        "requests": len(records),
+        "ok": len(ok),
+        "errors": len(records) - len(ok),
+        "output_tokens": tokens,
+        "wall_s": wall_s,
+        "output_tok_s": tokens / wall_s if wall_s > 0 else None,
+        "req_s": len(ok) / wall_s if wall_s > 0 else None,
+        "ttft_p50_ms": _ms(percentile(ttfts, 50)),
+        "ttft_p99_ms": _ms(percentile(ttfts, 99)),
+        "itl_p50_ms": _ms(percentile(itls, 50)),
+        "itl_p99_ms": _ms(percentile(itls, 99)),
+        "latency_p50_ms": _ms(percentile(latencies, 50)),
+        "latency_p99_ms": _ms(percentile(latencies, 99)),
+        "server_cpu_s": server_cpu_s,
+        "engine_cpu_s": engine_cpu_s,
+        "cpu_s_per_1k_tok": server_cpu_s / tokens * 1000 if tokens else None,
+    }
+
+
+def scenario_key(s: dict[str, Any]) -> str:
+    """e.g. `chat stream closed c32`."""
+    return f"{s['api']} {'stream' if s['stream'] else 'full'} {s['loop']} c{s['concurrency']}"
+
+
+def ratio_table(ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per scenario present in both: {scenario, <metric>: ours/theirs or None}."""
+    rows = []
+    for key in ours:
+        if key not in theirs:
+            continue
+        row: dict[str, Any] = {"scenario": key}
+        for metric, _, _ in RATIO_COLUMNS:
+            row[metric] = ratio(ours[key].get(metric), theirs[key].get(metric))
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], ours: dict[str, dict[str, Any]] | None = None) -> str:
+    """The ratio table as fixed-width text; with `ours`, llamaserve's absolute tokens/s in a last column."""
+    headings = ["scenario"] + [h for _, h, _ in RATIO_COLUMNS] + (["ls tok/s"] if ours else [])
+    lines = []
+    width = max([len(r["scenario"]) for r in rows] + [len("scenario")])
+    lines.append(f"{headings[0]:<{width}}  " + "  ".join(f"{h:>12}" for h in headings[1:]))
+    for r in rows:
+        cells = [_cell(r[m]) for m, _, _ in RATIO_COLUMNS]
+        if ours:
+            v = ours[r["scenario"]].get("output_tok_s")
+            cells.append("-" if v is None else f"{v:.0f}")
+        lines.append(f"{r['scenario']:<{width}}  " + "  ".join(f"{c:>12}" for c in cells))
+    return "\n".join(lines)
+
+
+def _cell(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def cpu_per_1k(summaries: Iterable[dict[str, Any]]) -> float | None:
+    """Server CPU seconds per 1,000 output tokens over several scenarios (total CPU / total tokens)."""
+    cpu = tokens = 0.0
+    for s in summaries:
+        cpu += s["server_cpu_s"]
+        tokens += s["output_tokens"]
+    return cpu / tokens * 1000 if tokens else None
+
+
+def targets(ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]], apis: Sequence[str]) -> list[dict[str, Any]]:
+    """The issue's targets, each {name, value, limit, met}: ratios llamaserve / vLLM on closed-loop scenarios."""
+
+    def r(metric: str, stream: bool, c: int) -> float | None:
+        vals = []
+        for api in apis:
+            key = scenario_key({"api": api, "stream": stream, "loop": "closed", "concurrency": c})
+            if key in ours and key in theirs:
+                vals.append(ratio(ours[key].get(metric), theirs[key].get(metric)))
+        # The worse of chat and completions: a target holds only if it holds on both routes.
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return None
+        return min(vals) if metric in ("output_tok_s", "req_s") else max(vals)
+
+    def streamed(side: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        return [s for k, s in side.items() if " stream closed " in k]
+
+    checks = [
+        ("streaming output tok/s at c32 >= 1.3x", r("output_tok_s", True, 32), 1.3, True),
+        ("non-streaming output tok/s at c32 >= 1.2x", r("output_tok_s", False, 32), 1.2, True),
+        ("TTFT p50 at c1 <= 1.0x", r("ttft_p50_ms", True, 1), 1.0, False),
+        ("TTFT p50 at c32 <= 1.0x", r("ttft_p50_ms", True, 32), 1.0, False),
+        ("server CPU per 1k streamed tokens <= 0.7x", ratio(cpu_per_1k(streamed(ours)), cpu_per_1k(streamed(theirs))), 0.7, False),
+    ]
+    out = []
+    for name, value, limit, higher in checks:
+        met = None if value is None else (value >= limit if higher else value <= limit)
+        out.append({"name": name, "value": value, "limit": limit, "met": met})
+    return out
+
+
+def format_targets(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for t in results:
+        mark = "n/a " if t["met"] is None else ("MET " if t["met"] else "MISS")
+        value = "-" if t["value"] is None else f"{t['value']:.2f}x"
+        lines.append(f"[{mark}] {t['name']}: {value}")
+    return "\n".join(lines)
+
+
+def merge_rounds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One scenario's summary over repeated rounds: the median of each figure (rounds: how many)."""
+    if len(summaries) == 1:
+        return {**summaries[0], "rounds": 1}
+    merged: dict[str, Any] = {"rounds": len(summaries), "scenario": summaries[0].get("scenario")}
+    for key, value in summaries[0].items():
+        if key in merged:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) or value is None:
+            merged[key] = median(s.get(key) for s in summaries)
+        else:
+            merged[key] = value
+    merged["first_errors"] = [e for s in summaries for e in s.get("first_errors") or ()][:3]
+    return merged
