@@ -201,6 +201,13 @@ def test_stream_usage_can_be_turned_off(client):
     assert all("usage" not in e for e in events)
 
 
+def test_continuous_usage_stats_put_usage_on_every_chunk(client):
+    body = {"prompt": "Hello", "max_tokens": 4, "stream": True, "ignore_eos": True, "stream_options": {"continuous_usage_stats": True}}
+    events, _ = read_events(client, "/v1/completions", body)
+    counts = [e["usage"]["completion_tokens"] for e in events]
+    assert counts == sorted(counts) and counts[-1] == 4 and len(counts) == len(events)
+
+
 def test_unknown_model_is_404_model_not_found(client):
     resp = client.post("/v1/chat/completions", json={"model": "gpt-4", "messages": MESSAGES})
     assert resp.status_code == 404
