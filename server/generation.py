@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from engine.core import LlamaEngine
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
-from engine.outputs import Step
+from engine.outputs import ChoiceDelta, Step
 from engine.sampling import PASS_THROUGH_FIELDS, GenerationPlan, validate_pass_through
 from schemas import ChatCompletionRequest, CompletionRequest, ExtraParametersMode, GenerationRequest
 from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
@@ -264,8 +264,19 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
     completion_tokens = [0] * len(job.prompts)
     finished = 0
     include_usage = job.request.stream_options is None or job.request.stream_options.include_usage
+    # The per-token frame of a one-choice stream without logprobs, rendered once: only the text changes.
+    text_frame = None
+    if job.total_choices == 1 and job.plan.num_logprobs is None:
+        probe = flavor.delta_choice(ChoiceDelta(0, sse.SLOT, [], None), render.ChoiceState())
+        text_frame = sse.FrameTemplate({**head, "choices": [probe]})
     try:
         async for p_idx, step in _merged(job, engine):
+            if text_frame is not None and len(step.choices) == 1:
+                c = step.choices[0]
+                if c.finish_reason is None and c.logprobs is None:
+                    completion_tokens[0] = step.completion_tokens
+                    yield text_frame.fill(c.text)
+                    continue
             choices = []
             for c in step.choices:
                 c.index += p_idx * n

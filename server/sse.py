@@ -2,6 +2,10 @@
 
 Frames are pre-rendered bytes, which sse-starlette passes through untouched; sse-starlette still owns the
 response's disconnect watching, keep-alive pings and shutdown handling.
+
+This is the per-token path, so it is kept lean: a stream's most common frame (one choice's new text) is a
+`FrameTemplate` rendered once per stream and filled per token, and sending a frame awaits the ASGI `send` directly
+unless a per-send timeout was asked for.
 """
 
 from __future__ import annotations
@@ -11,13 +15,41 @@ from typing import Any
 
 import orjson
 from sse_starlette import EventSourceResponse
+from starlette.types import Message, Send
 
 DONE = b"data: [DONE]\n\n"
+# Stands in for the text in a template's payload; no generated text renders to the same JSON string.
+SLOT = "\x00llamaserve-slot\x00"
+_SLOT_JSON = orjson.dumps(SLOT)
 
 
 def frame(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+class FrameTemplate:
+    """A frame pre-rendered around one string: `fill(text)` is byte for byte `frame(payload with SLOT = text)`."""
+
+    __slots__ = ("_prefix", "_suffix")
+
+    def __init__(self, payload: dict[str, Any]):
+        parts = frame(payload).split(_SLOT_JSON)
+        if len(parts) != 2:
+            raise ValueError("a frame template's payload holds SLOT exactly once")
+        self._prefix, self._suffix = parts
+
+    def fill(self, text: str) -> bytes:
+        return self._prefix + orjson.dumps(text) + self._suffix
+
+
+class _EventStream(EventSourceResponse):
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        # sse-starlette wraps every send in a cancel scope, even without a timeout: a cost paid per token.
+        if self.send_timeout is None:
+            await send(message)
+        else:
+            await super()._send_with_timeout(send, message)
+
+
 def event_stream(frames: AsyncIterator[bytes], headers: dict[str, str] | None = None, **options: Any) -> EventSourceResponse:
-    return EventSourceResponse(frames, headers=headers, sep="\n", **options)
+    return _EventStream(frames, headers=headers, sep="\n", **options)
