@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import math
 import secrets
+import signal
 import string
 import sys
 import typing
 from pathlib import Path
+from types import FrameType
 
 from server.settings import Settings, load_settings
 
@@ -35,18 +37,38 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.observability import configure_logging
+    from server.state import state_of
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     app = create_app(settings)
-    uvicorn.run(
+    state = state_of(app)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            state.lifecycle.request_drain()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        access_log=False,  # server.observability writes one JSON line per request instead
         loop="uvloop",
         http="httptools",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+        # The drain cancels what still runs at shutdown_grace_s; uvicorn's own cut only backs that up.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s) + 2,
     )
+    # uvicorn re-raises the signal it drained for once it is done; with the default action that would end a
+    # clean drain with "killed by SIGTERM" instead of exit code 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server = Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's start-up failure code, e.g. the port is taken
+    if state.exit_code:
+        sys.exit(state.exit_code)
 
 
 def keygen() -> str:

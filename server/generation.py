@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -27,6 +27,9 @@ from server import render, sse
 from server.errors import APIError, bad_request, error_body, from_pydantic, from_validation_errors
 from server.settings import Settings
 
+if TYPE_CHECKING:
+    from server.metrics import Trace
+
 BodyModel = TypeVar("BodyModel", bound=BaseModel)
 
 
@@ -40,6 +43,7 @@ class Job:
     prompts: list[list[int]]
     plan: GenerationPlan
     echo_texts: list[str] | None = None  # prompt texts to echo, one per prompt
+    trace: Trace | None = None  # metrics and access-log hook, set by the route
 
     @property
     def total_choices(self) -> int:
@@ -218,9 +222,13 @@ async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settin
 # --- respond
 
 
-async def respond(job: Job, engine: LlamaEngine, http_request: Request) -> Response:
+async def respond(job: Job, engine: LlamaEngine, http_request: Request,
+                  guard: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None,
+                  **sse_options: Any) -> Response:
+    """`guard` wraps a stream's frames (deadlines); `sse_options` go to the event stream."""
     if job.request.stream:
-        return sse.event_stream(_frames(job, engine))
+        frames = _frames(job, engine)
+        return sse.event_stream(guard(frames) if guard else frames, **sse_options)
     body = await _until_disconnected(http_request, _full(job, engine))
     return Response(orjson.dumps(body), media_type="application/json")
 
@@ -232,6 +240,8 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
     except BaseExceptionGroup as failed:
         raise failed.exceptions[0] from None
     steps = [t.result() for t in tasks]
+    if job.trace is not None:
+        job.trace.full(steps)
     n = job.request.n
     choices = []
     for p_idx, step in enumerate(steps):
@@ -271,6 +281,8 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
         text_frame = sse.FrameTemplate({**head, "choices": [probe]})
     try:
         async for p_idx, step in _merged(job, engine):
+            if job.trace is not None:
+                job.trace.step(p_idx, step)
             if text_frame is not None and len(step.choices) == 1:
                 c = step.choices[0]
                 if c.finish_reason is None and c.logprobs is None:

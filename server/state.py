@@ -9,6 +9,9 @@ from fastapi import FastAPI, Request
 
 from engine.core import LlamaEngine
 from server.errors import APIError
+from server.lifecycle import Lifecycle
+from server.limits import Limits
+from server.metrics import Metrics
 from server.settings import Settings
 
 
@@ -20,6 +23,22 @@ class ServerState:
     draining: bool = False
     loader: asyncio.Task | None = None
     background: list[asyncio.Task] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
+    limits: Limits = field(init=False)
+    lifecycle: Lifecycle = field(init=False)
+    exit_code: int = 0  # what the process exits with once the server stops (non-zero: the engine died)
+
+    def __post_init__(self) -> None:
+        self.limits = Limits(self.settings)
+        self.lifecycle = Lifecycle(self)
+        self.metrics.watch(self._readings)
+
+    def _readings(self) -> list[tuple[str, str, float]]:
+        engine_in_flight = 0 if self.engine is None or self.engine.is_dead else self.engine.num_unfinished_requests()
+        return [
+            *self.limits.readings(),
+            ("llamaserve_engine_requests_in_flight", "requests the engine holds (running or waiting)", engine_in_flight),
+        ]
 
     def ready_engine(self) -> LlamaEngine:
         """The engine, if it can take a request now; else the 503 that says why not."""

@@ -10,6 +10,8 @@ from starlette.responses import Response
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
 from schemas import ChatCompletionRequest, CompletionRequest
 from server import generation
+from server.limits import sse_options
+from server.observability import exchange_of
 from server.routes.docs import body_doc
 from server.state import state_of
 
@@ -22,7 +24,11 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
     engine = state.ready_engine()
     try:
         job = await prepare(req, engine, state.settings)
-        return await generation.respond(job, engine, request)
+        exchange = exchange_of(request)
+        ticket = await state.limits.admit(job, exchange)
+        job.trace = state.metrics.trace(exchange, job, engine, state.settings.log_prompts)
+        reply = generation.respond(job, engine, request, ticket.stream, **sse_options(state.settings))
+        return await ticket.within(reply)
     except (InvalidGenerationRequest, EngineUnavailable) as exc:
         raise generation.engine_error(exc) from exc
 

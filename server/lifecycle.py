@@ -1,0 +1,72 @@
+"""Graceful drain on SIGTERM and the engine watchdog.
+
+Drain: readiness turns false and new requests get 503 at once; requests in flight (streams included) get
+`shutdown_grace_s` to finish, then whatever still runs is cancelled (its engine requests aborted, streams
+closed with an error event and [DONE]) so uvicorn's own graceful shutdown finds nothing left to wait for.
+
+Watchdog: if vLLM's engine core dies, requests in flight fail at once with 503, /health turns 503, and the
+process exits non-zero (via the same drain) so an orchestrator restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.state import ServerState
+
+log = logging.getLogger("llamaserve.lifecycle")
+
+ENGINE_DEAD_EXIT_CODE = 70  # EX_SOFTWARE; 3 is uvicorn's start-up failure
+_WATCH_INTERVAL_S = 0.25
+# Long enough for a probe to see /health at 503 and for failed responses to leave, short enough to restart fast.
+_ENGINE_DEAD_LINGER_S = 1.0
+
+
+class Lifecycle:
+    def __init__(self, state: ServerState):
+        self._state = state
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._tasks.append(self._loop.create_task(self._watch_engine(), name="llamaserve-watchdog"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def request_drain(self) -> None:
+        """Safe to call from a signal handler."""
+        self._state.draining = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._begin_drain)
+
+    def _begin_drain(self) -> None:
+        if any(t.get_name() == "llamaserve-drain" for t in self._tasks):
+            return
+        grace = self._state.settings.shutdown_grace_s
+        log.warning("draining: refusing new requests, %d in flight get %g s to finish",
+                    self._state.limits.admission.running, grace)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._expire_after(grace), name="llamaserve-drain"))
+
+    async def _expire_after(self, grace: float) -> None:
+        await asyncio.sleep(grace)
+        cut = self._state.limits.expire_all("shutdown")
+        if cut:
+            log.warning("drain grace of %g s is over: cancelled %d request(s) still running", grace, cut)
+
+    async def _watch_engine(self) -> None:
+        state = self._state
+        while state.engine is None or not state.engine.is_dead:
+            await asyncio.sleep(_WATCH_INTERVAL_S)
+        log.critical("the engine core died: failing requests in flight and exiting with code %d", ENGINE_DEAD_EXIT_CODE)
+        state.exit_code = ENGINE_DEAD_EXIT_CODE
+        state.limits.expire_all("engine_dead")
+        await asyncio.sleep(_ENGINE_DEAD_LINGER_S)
+        signal.raise_signal(signal.SIGTERM)

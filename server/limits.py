@@ -1,0 +1,388 @@
+"""What keeps one client, or too many, from taking the server down.
+
+- request body size: 413 before parsing (Content-Length, then the bytes actually read);
+- rate limits per API key (per client address without keys): requests and tokens per minute, 429 with
+  Retry-After and OpenAI's x-ratelimit-* headers;
+- admission: at most `max_concurrent_requests` generation requests run and `max_queued_requests` wait;
+  beyond that an immediate 429 `overloaded`;
+- deadlines: a request running past `request_timeout_s` (or still running when a drain or the engine's
+  death expires it) is cancelled, which aborts its engine requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server import sse
+from server.errors import APIError, error_body, error_response
+from server.observability import Exchange, exchange_of_scope
+
+if TYPE_CHECKING:
+    from server.generation import Job
+    from server.settings import Settings
+
+T = TypeVar("T")
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Idle buckets are full again; past this many identities the full ones are forgotten.
+_MAX_IDLE_BUCKETS = 10_000
+
+
+# --- body size
+
+
+class BodyLimitMiddleware:
+    """Reads the whole body (up to the limit) before the app sees it, so no handler ever gets more."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._reject(scope, receive, send, f"the request body ({declared} bytes) exceeds")
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._reject(scope, receive, send, "the request body exceeds")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: disconnect watching still reaches the client
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, what: str) -> None:
+        exchange_of_scope(scope).reject_reason = "body_too_large"
+        err = APIError(413, f"{what} the limit of {self.max_bytes} bytes", code="request_too_large")
+        # The unread rest of the body is not drained: the connection closes after this response.
+        await error_response(err)(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+# --- rate limits
+
+
+class _Bucket:
+    """Token bucket: holds up to `capacity`, refills `capacity` per minute."""
+
+    __slots__ = ("capacity", "level", "rate", "updated")
+
+    def __init__(self, capacity: int, now: float):
+        self.capacity = capacity
+        self.rate = capacity / 60.0
+        self.level = float(capacity)
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait_for(self, amount: float) -> float:
+        return max(0.0, (amount - self.level) / self.rate)
+
+    def headers(self, kind: str) -> dict[str, str]:
+        return {
+            f"x-ratelimit-limit-{kind}": str(self.capacity),
+            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
+            f"x-ratelimit-reset-{kind}": duration((self.capacity - self.level) / self.rate),
+        }
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: 1s, 6m0s, 120ms."""
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest}s"
+
+
+class RateLimiter:
+    def __init__(self, rpm: int, tpm: int):
+        self.rpm = rpm
+        self.tpm = tpm
+        self._buckets: dict[str, tuple[_Bucket | None, _Bucket | None]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.rpm or self.tpm)
+
+    def charge(self, identity: str, tokens: int) -> dict[str, str]:
+        """Takes one request and `tokens` from the identity's buckets; returns the headers to send, or raises 429."""
+        now = time.monotonic()
+        requests, token_bucket = self._buckets_of(identity, now)
+        for b in (requests, token_bucket):
+            if b is not None:
+                b.refill(now)
+        headers: dict[str, str] = {}
+        for b, kind in ((requests, "requests"), (token_bucket, "tokens")):
+            if b is not None:
+                headers |= b.headers(kind)
+        if token_bucket is not None and tokens > token_bucket.capacity:
+            raise APIError(
+                429,
+                f"this request needs up to {tokens} tokens (prompt + max_tokens x choices), more than the limit of "
+                f"{token_bucket.capacity} tokens per minute; lower max_tokens or n",
+                code="rate_limit_exceeded", param="max_tokens", headers=headers,
+            )
+        wait = max(
+            requests.wait_for(1) if requests is not None else 0.0,
+            token_bucket.wait_for(tokens) if token_bucket is not None else 0.0,
+        )
+        if wait > 0:
+            which = "requests" if requests is not None and requests.level < 1 else "tokens"
+            raise APIError(
+                429,
+                f"rate limit reached for {which} per minute; retry after {math.ceil(wait)} s",
+                code="rate_limit_exceeded",
+                headers={**headers, "Retry-After": str(math.ceil(wait))},
+            )
+        if requests is not None:
+            requests.level -= 1
+            headers |= requests.headers("requests")
+        if token_bucket is not None:
+            token_bucket.level -= tokens
+            headers |= token_bucket.headers("tokens")
+        return headers
+
+    def refund(self, identity: str, tokens: int) -> None:
+        requests, token_bucket = self._buckets.get(identity, (None, None))
+        if requests is not None:
+            requests.level = min(requests.capacity, requests.level + 1)
+        if token_bucket is not None:
+            token_bucket.level = min(token_bucket.capacity, token_bucket.level + tokens)
+
+    def _buckets_of(self, identity: str, now: float) -> tuple[_Bucket | None, _Bucket | None]:
+        found = self._buckets.get(identity)
+        if found is None:
+            if len(self._buckets) >= _MAX_IDLE_BUCKETS:
+                self._forget_full(now)
+            found = (_Bucket(self.rpm, now) if self.rpm else None, _Bucket(self.tpm, now) if self.tpm else None)
+            self._buckets[identity] = found
+        return found
+
+    def _forget_full(self, now: float) -> None:
+        for identity, buckets in list(self._buckets.items()):
+            if all(b is None or b.level + (now - b.updated) * b.rate >= b.capacity for b in buckets):
+                del self._buckets[identity]
+
+
+# --- admission
+
+
+def overloaded(message: str) -> APIError:
+    return APIError(429, message, code="overloaded", headers={"Retry-After": "1"})
+
+
+class Admission:
+    """A counting semaphore with a bounded, first-come first-served queue."""
+
+    def __init__(self, limit: int, queue_limit: int):
+        self.limit = limit
+        self.queue_limit = queue_limit
+        self.running = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        if self.running < self.limit and not self._waiters:
+            self.running += 1
+            return
+        if len(self._waiters) >= self.queue_limit:
+            raise overloaded(
+                f"the server is at capacity ({self.running} requests running, {len(self._waiters)} waiting); retry shortly"
+            )
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # release() hands its slot over: `running` already counts this request
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release()
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.running -= 1
+
+
+# --- deadlines
+
+
+_EXPIRED = {
+    "timeout": (504, "timeout"),
+    "shutdown": (503, "shutting_down"),
+    "engine_dead": (503, "engine_unavailable"),
+}
+
+
+class Ticket:
+    """One admitted generation request: its deadline, and the way to end it early."""
+
+    def __init__(self, deadline: float, timeout_s: float):
+        self.deadline = deadline
+        self.reason = "timeout"
+        self._timeout_s = timeout_s
+        self._timeout: asyncio.Timeout | None = None
+
+    def expire(self, reason: str) -> None:
+        self.reason = reason
+        self.deadline = asyncio.get_running_loop().time()
+        if self._timeout is not None and not self._timeout.expired():
+            self._timeout.reschedule(self.deadline)
+
+    def error(self) -> APIError:
+        status, code = _EXPIRED[self.reason]
+        message = {
+            "timeout": f"the request ran longer than request_timeout_s ({self._timeout_s:g} s) and was cancelled",
+            "shutdown": "the server is shutting down; the request was cancelled",
+            "engine_dead": "the engine stopped; the request was cancelled",
+        }[self.reason]
+        headers = None if status == 504 else {"Retry-After": "5"}
+        return APIError(status, message, code=code, headers=headers)
+
+    async def within(self, work: Awaitable[T]) -> T:
+        """Awaits `work` until the deadline; past it, `work` is cancelled and the ticket's error raised."""
+        try:
+            async with asyncio.timeout_at(self.deadline) as self._timeout:
+                return await work
+        except TimeoutError:
+            if self._timeout is not None and self._timeout.expired():
+                raise self.error() from None
+            raise
+        finally:
+            self._timeout = None
+
+    async def stream(self, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Passes frames on until the deadline; past it, the stream ends with an error event and [DONE].
+
+        Only the wait for the next frame is timed (never a yield), so the cancellation lands in the engine
+        stream, which aborts its engine request.
+        """
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(self.deadline) as self._timeout:
+                        frame = await anext(frames)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    if self._timeout is None or not self._timeout.expired():
+                        raise
+                    yield sse.frame(error_body(self.error()))
+                    yield sse.DONE
+                    return
+                finally:
+                    self._timeout = None
+                yield frame
+        finally:
+            await frames.aclose()
+
+
+class Limits:
+    """The protections of one running app (on `ServerState.limits`)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.rates = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
+        self.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
+        self.tickets: set[Ticket] = set()
+
+    async def admit(self, job: Job, exchange: Exchange) -> Ticket:
+        """Charges the rate limits, then waits for a slot; the slot is freed when the exchange ends
+        (after a stream's last frame), whatever way it ends."""
+        loop = asyncio.get_running_loop()
+        timeout_s = self.settings.request_timeout_s
+        ticket = Ticket(loop.time() + timeout_s - (time.perf_counter() - exchange.started), timeout_s)
+        cost = charged_tokens(job)
+        identity = exchange.key_id or f"addr:{exchange.client}"
+        if self.rates:
+            try:
+                exchange.set_headers(self.rates.charge(identity, cost))
+            except APIError:
+                exchange.reject_reason = "rate_limited"
+                raise
+        try:
+            await ticket.within(self.admission.acquire())
+        except APIError as err:
+            exchange.reject_reason = "overloaded" if err.code == "overloaded" else err.code
+            if self.rates:
+                self.rates.refund(identity, cost)
+            raise
+        self.tickets.add(ticket)
+
+        def release() -> None:
+            self.tickets.discard(ticket)
+            self.admission.release()
+
+        exchange.cleanups.append(release)
+        return ticket
+
+    def expire_all(self, reason: str) -> int:
+        for t in list(self.tickets):
+            t.expire(reason)
+        return len(self.tickets)
+
+    def readings(self) -> list[tuple[str, str, float]]:
+        return [
+            ("llamaserve_requests_in_flight", "generation requests holding a slot (until their last byte)",
+             self.admission.running),
+            ("llamaserve_requests_queued", "generation requests waiting for a slot", self.admission.waiting),
+        ]
+
+
+def charged_tokens(job: Job) -> int:
+    """What a request may cost, known at admission: its prompt tokens plus the most it may generate."""
+    return sum(len(p) for p in job.prompts) + job.plan.max_tokens * job.plan.num_choices * len(job.prompts)
+
+
+def sse_options(settings: Settings) -> dict[str, Any]:
+    # sse-starlette cancels streams as soon as uvicorn starts to exit; the drain ends them itself at
+    # shutdown_grace_s (error event + [DONE]), so sse-starlette's own cut only backs that up.
+    return {"shutdown_grace_period": settings.shutdown_grace_s + 0.5}

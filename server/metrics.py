@@ -1,0 +1,128 @@
+"""Prometheus metrics: ours live in a registry owned by the app; /metrics renders it plus the global one.
+
+vLLM's AsyncLLM registers its own metrics (vllm:num_requests_running, vllm:kv_cache_usage_perc, ...) in
+prometheus_client's global REGISTRY in this process, so rendering both shows the engine's view next to ours.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from engine.core import LlamaEngine
+    from engine.outputs import Step
+    from server.generation import Job
+    from server.observability import Exchange
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class _Gauges:
+    """Gauges read at scrape time, so they can never drift from what they count."""
+
+    def __init__(self, readings: Callable[[], Iterable[tuple[str, str, float]]]):
+        self._readings = readings
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        for name, doc, value in self._readings():
+            yield GaugeMetricFamily(name, doc, value=value)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "llamaserve_requests", "HTTP requests by route, method and status", ["route", "method", "status"], registry=r
+        )
+        self.rejected = Counter("llamaserve_rejected_requests", "requests refused, by reason", ["reason"], registry=r)
+        self.latency = Histogram(
+            "llamaserve_e2e_request_latency_seconds", "arrival to last byte, by route", ["route"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.ttft = Histogram(
+            "llamaserve_time_to_first_token_seconds", "arrival to the first generated token (streamed requests)",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.itl = Histogram(
+            "llamaserve_inter_token_latency_seconds", "time between consecutive engine steps of a streamed request",
+            buckets=_TOKEN_LATENCY_BUCKETS, registry=r,
+        )
+        self.prompt_tokens = Counter("llamaserve_prompt_tokens", "prompt tokens of finished generation requests", registry=r)
+        self.completion_tokens = Counter(
+            "llamaserve_completion_tokens", "tokens generated for finished or cut-off requests", registry=r
+        )
+
+    def watch(self, readings: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+        """Adds gauges computed at scrape time from (name, help, value) readings."""
+        self.registry.register(_Gauges(readings))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry) + generate_latest(REGISTRY)
+
+    def trace(self, exchange: Exchange, job: Job, engine: LlamaEngine, keep_text: bool) -> Trace:
+        """Follows an admitted generation request; its counts reach the metrics and access log when it ends."""
+        exchange.prompt_tokens = sum(len(p) for p in job.prompts)
+        if keep_text:
+            exchange.prompt = [engine.decode(p) for p in job.prompts]
+        trace = Trace(self, exchange, keep_text)
+        exchange.cleanups.append(trace.finish)
+        return trace
+
+
+class Trace:
+    """One generation request's token timings and counts; it also fills the access log's token fields."""
+
+    def __init__(self, metrics: Metrics, exchange: Exchange, keep_text: bool):
+        self._metrics = metrics
+        self._exchange = exchange
+        self._last: float | None = None
+        self._per_prompt: dict[int, int] = {}
+        self._texts: dict[int, list[str]] | None = {} if keep_text else None
+
+    def step(self, prompt_index: int, step: Step) -> None:
+        """A streamed engine step (before its choice indices are shifted by the prompt index)."""
+        now = time.perf_counter()
+        if any(c.token_ids for c in step.choices):
+            if self._last is None:
+                self._metrics.ttft.observe(now - self._exchange.started)
+            else:
+                self._metrics.itl.observe(now - self._last)
+            self._last = now
+        self._per_prompt[prompt_index] = step.completion_tokens
+        self._exchange.completion_tokens = sum(self._per_prompt.values())
+        if self._texts is not None:
+            for c in step.choices:
+                self._texts.setdefault((prompt_index, c.index), []).append(c.text)
+
+    def full(self, steps: list[Step]) -> None:
+        self._exchange.completion_tokens = sum(s.completion_tokens for s in steps)
+        if self._texts is not None:
+            for p, s in enumerate(steps):
+                for c in s.choices:
+                    self._texts[(p, c.index)] = [c.text]
+
+    def finish(self) -> None:
+        ex = self._exchange
+        self._metrics.prompt_tokens.inc(ex.prompt_tokens or 0)
+        self._metrics.completion_tokens.inc(ex.completion_tokens or 0)
+        if self._texts is not None:
+            ex.output = ["".join(parts) for _, parts in sorted(self._texts.items())]
+
+
+router = APIRouter(tags=["meta"])
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    state: Any = request.app.state.llama
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
