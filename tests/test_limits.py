@@ -1,0 +1,152 @@
+"""Rate limits per key, overload protection, request deadlines and the body size limit, on the real engine."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.probes import metric, sse_events, wait_until
+
+KEYS = [f"limits-key-{i:02d}-0123456789abcdef" for i in range(12)]
+RPM, TPM, TIMEOUT_S, MAX_BYTES = 5, 5000, 3, 4096
+PASS = {"extra-parameters": "pass-through"}
+
+
+@pytest.fixture(scope="module")
+def limited(tiny_model):
+    srv = ServerProcess(
+        [
+            "--rate-limit-rpm", str(RPM), "--rate-limit-tpm", str(TPM),
+            "--max-concurrent-requests", "2", "--max-queued-requests", "1",
+            "--request-timeout-s", str(TIMEOUT_S), "--max-request-bytes", str(MAX_BYTES),
+        ],
+        env={"LLAMASERVE_API_KEYS": ",".join(KEYS)},
+    ).wait_ready()
+    yield srv
+    srv.stop()
+
+
+def _client(srv, key_index: int) -> httpx.Client:
+    return httpx.Client(base_url=srv.base_url, timeout=60, headers={"api-key": KEYS[key_index], **PASS})
+
+
+def _metrics(srv) -> str:
+    return httpx.get(srv.base_url + "/metrics", timeout=10).text
+
+
+def test_requests_per_minute(limited):
+    with _client(limited, 0) as c:
+        for i in range(RPM):
+            resp = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1})
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["x-ratelimit-limit-requests"] == str(RPM)
+            assert resp.headers["x-ratelimit-remaining-requests"] == str(RPM - 1 - i)
+            assert resp.headers["x-ratelimit-limit-tokens"] == str(TPM)
+            assert resp.headers["x-ratelimit-reset-requests"].endswith("s")
+        resp = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1})
+    assert resp.status_code == 429
+    assert resp.json()["error"]["code"] == "rate_limit_exceeded"
+    assert resp.json()["error"]["type"] == "rate_limit_error"
+    assert 1 <= int(resp.headers["retry-after"]) <= 60
+    assert resp.headers["x-ratelimit-remaining-requests"] == "0"
+    # Another key has its own buckets.
+    with _client(limited, 1) as other:
+        assert other.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1}).status_code == 200
+
+
+def test_tokens_per_minute_charge_prompt_plus_max_tokens_times_choices(limited):
+    body = {"prompt": "hi", "max_tokens": 100, "n": 16}
+    with _client(limited, 2) as c:
+        first = c.post("/v1/completions", json=body)
+        assert first.status_code == 200, first.text
+        charged = TPM - int(first.headers["x-ratelimit-remaining-tokens"])
+        prompt_tokens = first.json()["usage"]["prompt_tokens"]
+        assert charged in (prompt_tokens + 1600, prompt_tokens + 1601)  # refill may add a token meanwhile
+        statuses = [c.post("/v1/completions", json=body).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+def test_a_request_larger_than_the_token_limit_is_refused_at_once(limited):
+    with _client(limited, 3) as c:
+        resp = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 480, "n": 16})
+    assert resp.status_code == 429 and "more than the limit" in resp.json()["error"]["message"]
+
+
+def test_overload_is_refused_at_once_and_slots_are_held_until_the_last_frame(limited):
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 150, "ignore_eos": True, "stream": True}
+    clients = [_client(limited, 4 + i) for i in range(4)]
+    results: dict[str, object] = {}
+    try:
+        streams = [clients[i].stream("POST", "/v1/chat/completions", json=chat) for i in range(2)]
+        responses = [s.__enter__() for s in streams]
+        # One line iterator per stream, kept: dropping a started httpx iterator closes the connection.
+        lines = [r.iter_lines() for r in responses]
+        assert all(next(it).startswith("data: ") for it in lines)  # both routes returned; frames still flowing
+
+        def queued() -> None:
+            with clients[2].stream("POST", "/v1/chat/completions", json=chat) as r:
+                results["queued"] = (r.status_code, r.read().decode())
+
+        waiter = threading.Thread(target=queued)
+        waiter.start()
+        assert wait_until(lambda: metric(_metrics(limited), "llamaserve_requests_queued") == 1, 2)
+        assert metric(_metrics(limited), "llamaserve_requests_in_flight") == 2
+        started = time.monotonic()
+        refused = clients[3].post("/v1/chat/completions", json={**chat, "stream": False})
+        assert time.monotonic() - started < 1
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "overloaded"
+        assert refused.headers["retry-after"] == "1"
+        for it, s in zip(lines, streams):
+            rest = "\n".join(it)
+            s.__exit__(None, None, None)
+            assert rest.rstrip().endswith("data: [DONE]")
+        waiter.join(30)
+        status, raw = results["queued"]
+        assert status == 200 and sse_events(raw)[1]
+    finally:
+        for c in clients:
+            c.close()
+    assert wait_until(lambda: metric(_metrics(limited), "llamaserve_requests_in_flight") == 0, 5)
+    text = _metrics(limited)
+    assert metric(text, "llamaserve_rejected_requests_total", reason="overloaded") >= 1
+
+
+def test_a_request_past_its_deadline_is_cancelled_with_504(limited):
+    with _client(limited, 8) as c:
+        started = time.monotonic()
+        resp = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 480, "n": 8, "ignore_eos": True})
+        took = time.monotonic() - started
+    assert resp.status_code == 504, resp.text
+    assert resp.json()["error"]["code"] == "timeout"
+    assert TIMEOUT_S - 0.1 < took < TIMEOUT_S + 2
+    assert wait_until(lambda: metric(_metrics(limited), "llamaserve_engine_requests_in_flight") == 0, 5)
+
+
+def test_a_stream_past_its_deadline_ends_with_an_error_event_then_done(limited):
+    body = {"prompt": "hi", "max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True}
+    with _client(limited, 9) as c, c.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        events, done = sse_events(r.read().decode())
+    assert done and events[-1]["error"]["code"] == "timeout"
+    assert all(e.get("choices") is not None for e in events[:-1])
+    assert wait_until(lambda: metric(_metrics(limited), "llamaserve_engine_requests_in_flight") == 0, 5)
+
+
+def test_bodies_over_the_limit_get_413_before_parsing(limited):
+    with _client(limited, 10) as c:
+        declared = c.post("/v1/completions", content=b"{" + b" " * MAX_BYTES + b"}",
+                          headers={"content-type": "application/json"})
+        assert declared.status_code == 413 and declared.json()["error"]["code"] == "request_too_large"
+
+        def chunks():  # no Content-Length: the bytes actually read are counted
+            for _ in range(10):
+                yield b" " * 1000
+
+        chunked = c.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"})
+        assert chunked.status_code == 413
+        fits = c.post("/v1/completions", json={"prompt": "x" * (MAX_BYTES - 100), "max_tokens": 1})
+        assert fits.status_code != 413

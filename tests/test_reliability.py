@@ -1,0 +1,211 @@
+"""Graceful drain on SIGTERM, engine death, disconnect storms and a short streaming load, on the real engine.
+
+The figures these tests print (run with -s) are recorded in docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import statistics
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.probes import engine_in_flight, metric, sse_events, wait_until
+
+PASS = {"extra-parameters": "pass-through"}
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+GRACE_S = 3
+LOAD_CLIENTS, LOAD_SECONDS = 64, 8
+
+
+@pytest.fixture(scope="module")
+def doomed_pair(tiny_model):
+    """Two servers that these tests end: one drained by SIGTERM, one whose engine is killed (started together)."""
+    pair = (ServerProcess(["--shutdown-grace-s", str(GRACE_S)]), ServerProcess([]))
+    try:
+        yield tuple(srv.wait_ready() for srv in pair)
+    finally:
+        for srv in pair:
+            srv.stop(signal.SIGKILL)
+
+
+def _stream_in_thread(base_url: str, body: dict, out: dict, key: str) -> threading.Thread:
+    def run() -> None:
+        try:
+            with httpx.Client(base_url=base_url, timeout=60, headers=PASS) as c, \
+                    c.stream("POST", "/v1/chat/completions", json=body) as r:
+                lines = r.iter_lines()
+                out[key + ".first"] = next(lines)
+                out[key] = (r.status_code, "\n".join(lines) + "\n", time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            out[key] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_sigterm_drains_in_flight_streams_then_exits_0(doomed_pair):
+    srv = doomed_pair[0]
+    out: dict = {}
+    short = _stream_in_thread(srv.base_url, {**CHAT, "max_tokens": 60, "ignore_eos": True, "stream": True}, out, "short")
+    long = _stream_in_thread(
+        srv.base_url, {**CHAT, "max_tokens": 480, "n": 16, "ignore_eos": True, "stream": True}, out, "long"
+    )
+    assert wait_until(lambda: "short.first" in out and "long.first" in out, 30)
+    sent = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    # Readiness turns false (or the port has closed already) and new requests are refused.
+    refused = wait_until(lambda: _refused(srv.base_url), 3, 0.05)
+    short.join(30)
+    long.join(30)
+    rc = srv.proc.wait(60)
+    exited = time.monotonic() - sent
+    print(f"\n[drain] grace {GRACE_S} s: exit code {rc} {exited:.1f} s after SIGTERM")
+    assert refused
+    status, raw, ended = out["short"]
+    events, done = sse_events(raw)
+    assert status == 200 and done and events[-1]["choices"][0]["finish_reason"] == "length"
+    assert ended - sent < GRACE_S
+    status, raw, ended = out["long"]
+    events, done = sse_events(raw)
+    assert status == 200 and done and events[-1]["error"]["code"] == "shutting_down"
+    assert GRACE_S - 0.5 < ended - sent < GRACE_S + 2
+    assert rc == 0
+    assert "Traceback" not in srv.log_tail(200_000)
+
+
+def _refused(base_url: str) -> bool:
+    try:
+        return httpx.get(base_url + "/ready", timeout=2).status_code == 503
+    except httpx.TransportError:
+        return True
+
+
+def test_engine_death_fails_requests_fast_and_exits_non_zero(doomed_pair):
+    srv = doomed_pair[1]
+    out: dict = {}
+    stream = _stream_in_thread(srv.base_url, {**CHAT, "max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True},
+                               out, "stream")
+
+    def full() -> None:
+        out["full"] = httpx.post(srv.base_url + "/v1/chat/completions", headers=PASS, timeout=60,
+                                 json={**CHAT, "max_tokens": 480, "n": 8, "ignore_eos": True})
+
+    waiter = threading.Thread(target=full, daemon=True)
+    waiter.start()
+    assert wait_until(lambda: "stream.first" in out, 30)
+    time.sleep(0.3)
+    cores = [p for p in psutil.Process(srv.proc.pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline()) + p.name()]
+    assert cores, [p.name() for p in psutil.Process(srv.proc.pid).children(recursive=True)]
+    killed = time.monotonic()
+    for p in cores:
+        p.kill()
+    health = []
+
+    def probe() -> bool:
+        try:
+            health.append(httpx.get(srv.base_url + "/health", timeout=2).status_code)
+        except httpx.TransportError:
+            health.append(None)
+        return srv.proc.poll() is not None
+
+    assert wait_until(probe, 30, 0.05)
+    exited = time.monotonic() - killed
+    stream.join(10)
+    waiter.join(10)
+    print(f"\n[engine death] exit code {srv.proc.returncode} {exited:.1f} s after the kill; /health seen: {sorted(set(map(str, health)))}")
+    assert srv.proc.returncode not in (0, None)
+    assert 503 in health
+    assert out["full"].status_code == 503, out["full"].text
+    status, raw, _ = out["stream"]
+    events, done = sse_events(raw)
+    assert done and events[-1]["error"]["status"] == 503
+
+
+def test_disconnect_storm_leaves_no_engine_requests(server):
+    async def storm() -> int:
+        cut = 0
+        async with httpx.AsyncClient(base_url=server.base_url, headers=PASS, limits=httpx.Limits(max_connections=100)) as c:
+
+            async def streamer() -> None:
+                nonlocal cut
+                async with c.stream("POST", "/v1/chat/completions",
+                                    json={**CHAT, "max_tokens": 400, "ignore_eos": True, "stream": True}) as r:
+                    async for _ in r.aiter_lines():
+                        break  # leave mid-stream: the connection closes
+                cut += 1
+
+            async def impatient() -> None:
+                nonlocal cut
+                try:
+                    await c.post("/v1/completions", json={"prompt": "x", "max_tokens": 400, "ignore_eos": True},
+                                 timeout=0.5)
+                except httpx.TimeoutException:
+                    cut += 1
+
+            await asyncio.gather(*[streamer() for _ in range(24)], *[impatient() for _ in range(24)])
+        return cut
+
+    started = time.monotonic()
+    cut = asyncio.run(asyncio.wait_for(storm(), 60))
+    drained = wait_until(lambda: engine_in_flight(server.base_url) == 0, 10)
+    print(f"\n[disconnect storm] {cut} of 48 clients left early; engine idle again "
+          f"{time.monotonic() - started:.1f} s after the storm began")
+    assert cut >= 40 and drained
+    assert metric(httpx.get(server.base_url + "/metrics").text, "llamaserve_requests_in_flight") == 0
+
+
+def test_load_64_streaming_clients(server):
+    body = {**CHAT, "max_tokens": 32, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    stats = {"ok": 0, "errors": [], "tokens": 0, "latency": [], "ttft": []}
+
+    async def client(c: httpx.AsyncClient, stop_at: float) -> None:
+        while time.monotonic() < stop_at:
+            started = time.monotonic()
+            try:
+                async with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                    first = None
+                    raw = []
+                    async for line in r.aiter_lines():
+                        if first is None and '"content":"' in line and '"content":""' not in line:
+                            first = time.monotonic() - started
+                        raw.append(line)
+                    if r.status_code != 200:
+                        stats["errors"].append(r.status_code)
+                        continue
+                events, done = sse_events("\n".join(raw) + "\n")
+                if not done or "error" in events[-1]:
+                    stats["errors"].append("unfinished")
+                    continue
+                stats["ok"] += 1
+                stats["tokens"] += events[-1]["usage"]["completion_tokens"]
+                stats["latency"].append(time.monotonic() - started)
+                if first is not None:
+                    stats["ttft"].append(first)
+            except Exception as exc:  # noqa: BLE001 - counted as an error
+                stats["errors"].append(repr(exc))
+
+    async def run() -> float:
+        async with httpx.AsyncClient(base_url=server.base_url, headers=PASS, timeout=60,
+                                     limits=httpx.Limits(max_connections=LOAD_CLIENTS)) as c:
+            started = time.monotonic()
+            await asyncio.gather(*[client(c, started + LOAD_SECONDS) for _ in range(LOAD_CLIENTS)])
+            return time.monotonic() - started
+
+    took = asyncio.run(asyncio.wait_for(run(), LOAD_SECONDS + 90))
+    idle = wait_until(lambda: engine_in_flight(server.base_url) == 0, 10)
+    lat = sorted(stats["latency"])
+    p = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")  # noqa: E731
+    print(f"\n[load] {LOAD_CLIENTS} streaming clients, {took:.1f} s: {stats['ok']} streams, "
+          f"{len(stats['errors'])} errors, {stats['tokens'] / took:.0f} completion tokens/s, "
+          f"latency p50 {p(lat, 0.5):.2f} s p99 {p(lat, 0.99):.2f} s, "
+          f"TTFT p50 {statistics.median(stats['ttft'] or [float('nan')]):.2f} s")
+    assert stats["errors"] == [] and stats["ok"] >= LOAD_CLIENTS
+    assert idle
