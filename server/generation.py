@@ -273,10 +273,12 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
             yield sse.frame({**head, "choices": [opening]})
     completion_tokens = [0] * len(job.prompts)
     finished = 0
-    include_usage = job.request.stream_options is None or job.request.stream_options.include_usage
+    options = job.request.stream_options
+    include_usage = options is None or options.include_usage
+    every_usage = options is not None and options.continuous_usage_stats
     # The per-token frame of a one-choice stream without logprobs, rendered once: only the text changes.
     text_frame = None
-    if job.total_choices == 1 and job.plan.num_logprobs is None:
+    if job.total_choices == 1 and job.plan.num_logprobs is None and not every_usage:
         probe = flavor.delta_choice(ChoiceDelta(0, sse.SLOT, [], None), render.ChoiceState())
         text_frame = sse.FrameTemplate({**head, "choices": [probe]})
     try:
@@ -296,7 +298,7 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
                 finished += c.finish_reason is not None
             completion_tokens[p_idx] = step.completion_tokens
             chunk = {**head, "choices": choices}
-            if finished == job.total_choices and include_usage:
+            if every_usage or (finished == job.total_choices and include_usage):
                 chunk["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(completion_tokens))
             yield sse.frame(chunk)
     except (EngineUnavailable, InvalidGenerationRequest) as exc:
