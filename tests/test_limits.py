@@ -13,6 +13,8 @@ from tests.probes import metric, sse_events, wait_until
 
 KEYS = [f"limits-key-{i:02d}-0123456789abcdef" for i in range(12)]
 RPM, TPM, TIMEOUT_S, MAX_BYTES = 5, 5000, 3, 4096
+# Work that outlasts TIMEOUT_S even on an idle machine (logprobs make every step costly), within the TPM budget.
+SLOW_REQUEST = {"prompt": "hi", "max_tokens": 490, "n": 10, "logprobs": 20, "ignore_eos": True}
 PASS = {"extra-parameters": "pass-through"}
 
 
@@ -118,7 +120,7 @@ def test_overload_is_refused_at_once_and_slots_are_held_until_the_last_frame(lim
 def test_a_request_past_its_deadline_is_cancelled_with_504(limited):
     with _client(limited, 8) as c:
         started = time.monotonic()
-        resp = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 480, "n": 8, "ignore_eos": True})
+        resp = c.post("/v1/completions", json=SLOW_REQUEST)
         took = time.monotonic() - started
     assert resp.status_code == 504, resp.text
     assert resp.json()["error"]["code"] == "timeout"
@@ -127,7 +129,7 @@ def test_a_request_past_its_deadline_is_cancelled_with_504(limited):
 
 
 def test_a_stream_past_its_deadline_ends_with_an_error_event_then_done(limited):
-    body = {"prompt": "hi", "max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True}
+    body = {**SLOW_REQUEST, "stream": True}
     with _client(limited, 9) as c, c.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200
         events, done = sse_events(r.read().decode())
