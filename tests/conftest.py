@@ -70,6 +70,17 @@ class ServerProcess:
         return self.proc.returncode
 
 
+@pytest.fixture()
+def clean_env(monkeypatch):
+    """No LLAMASERVE_* variables from the caller's shell, so settings come only from what the test gives."""
+    from server.settings import ENV_PREFIX
+
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     from engine.tiny_model import ensure_tiny_model

@@ -3,13 +3,12 @@ and each deployment serving its preset on the instance hardware.yaml names."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from server.settings import ENV_PREFIX, Settings, load_settings
+from server.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURE = ROOT / "deploy" / "azureml"
@@ -18,14 +17,6 @@ HARDWARE = yaml.safe_load((PRESETS / "hardware.yaml").read_text())
 PORT = Settings.model_fields["port"].default
 AZURE_MAX_TIMEOUT_MS = 180_000  # managed online endpoints reject larger request_timeout_ms
 DEPLOYMENTS = sorted((AZURE / "deployments").glob("*.yml"))
-
-
-@pytest.fixture()
-def clean_env(monkeypatch):
-    for key in list(os.environ):
-        if key.startswith(ENV_PREFIX):
-            monkeypatch.delenv(key)
-    return monkeypatch
 
 
 def test_endpoint_file():

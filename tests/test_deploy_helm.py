@@ -3,7 +3,6 @@ offline, and the rendered pods serve the preset they name, on the routes and por
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import helm_python
@@ -60,14 +59,6 @@ def values_of(path: Path) -> dict:
 def case(request):
     values = values_of(request.param)
     return request.param, values, render(values)
-
-
-@pytest.fixture()
-def clean_env(monkeypatch):
-    for key in list(os.environ):
-        if key.startswith(ENV_PREFIX):
-            monkeypatch.delenv(key)
-    return monkeypatch
 
 
 def test_example_values_files_cover_the_deployments_we_document():
