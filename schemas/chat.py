@@ -29,6 +29,11 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Messages as chat templates take them: role and plain-text content."""
+    return [{"role": m.role, "content": m.text()} for m in messages]
+
+
 class ChatCompletionRequest(GenerationRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     # OpenAI's chat form is a bool plus top_logprobs; Llama clients send an int (the legacy form). Both work.

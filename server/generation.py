@@ -22,6 +22,7 @@ from engine.errors import EngineUnavailable, InvalidGenerationRequest
 from engine.outputs import ChoiceDelta, Step
 from engine.sampling import PASS_THROUGH_FIELDS, GenerationPlan, validate_pass_through
 from schemas import ChatCompletionRequest, CompletionRequest, ExtraParametersMode, GenerationRequest
+from schemas.chat import template_messages
 from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
 from server import render, sse
 from server.errors import APIError, bad_request, error_body, from_pydantic, from_validation_errors
@@ -184,19 +185,19 @@ def _plan(req, settings: Settings, engine: LlamaEngine, prompts: list[list[int]]
     )
 
 
-def _new_id(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex
+def _job(req: GenerationRequest, flavor: render.Flavor, prompts: list[list[int]], plan: GenerationPlan,
+         echo_texts: list[str] | None = None) -> Job:
+    return Job(flavor.id_prefix + uuid.uuid4().hex, req, flavor, prompts, plan, echo_texts)
 
 
 async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
     check_model(req.model, engine)
     if not engine.info.is_chat:
         raise bad_request("this model has no chat template; use the completions route", "messages")
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-    prompt = await engine.encode_chat(messages)
+    prompt = await engine.encode_chat(template_messages(req.messages))
     k = req.num_logprobs()
     plan = _plan(req, settings, engine, [prompt], "messages", None, k)
-    return Job(_new_id("chatcmpl-"), req, render.ChatFlavor(top_k=k), [prompt], plan)
+    return _job(req, render.ChatFlavor(top_k=k), [prompt], plan)
 
 
 async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
@@ -216,7 +217,7 @@ async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settin
     echo_texts = None
     if req.echo:
         echo_texts = [p if isinstance(p, str) else engine.decode(p) for p in req.prompts()]
-    return Job(_new_id("cmpl-"), req, render.CompletionFlavor(top_k=k), prompts, plan, echo_texts)
+    return _job(req, render.CompletionFlavor(top_k=k), prompts, plan, echo_texts)
 
 
 # --- respond

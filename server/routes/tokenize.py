@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from engine.errors import InvalidGenerationRequest
+from schemas.chat import template_messages
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
 from server.errors import bad_request
 from server.generation import check_model, parse_body
@@ -22,7 +23,7 @@ async def tokenize(request: Request) -> dict:
     check_model(body.model, engine)
     try:
         if body.messages is not None:
-            tokens = await engine.encode_chat([{"role": m.role, "content": m.text()} for m in body.messages])
+            tokens = await engine.encode_chat(template_messages(body.messages))
         else:
             tokens = await engine.encode_text(body.prompt or "", add_special_tokens=body.add_special_tokens)
     except InvalidGenerationRequest as exc:
