@@ -9,7 +9,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ class LlamaEngine:
         self._llm = llm
         self.info = info
         self._tokenizer = llm.get_tokenizer()
+        self._encode = _text_encoder(self._tokenizer)
         self._chat_template = chat_template
         self._eos_ids = _eos_ids(llm, self._tokenizer)
 
@@ -136,8 +137,8 @@ class LlamaEngine:
 
     async def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if len(text) > _OFFLOAD_CHARS:
-            return await asyncio.to_thread(self._tokenizer.encode, text, add_special_tokens=add_special_tokens)
-        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+            return await asyncio.to_thread(self._encode, text, add_special_tokens)
+        return self._encode(text, add_special_tokens)
 
     async def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         def render() -> list[int]:
@@ -147,7 +148,7 @@ class LlamaEngine:
                 )
             except Exception as exc:  # template errors are the caller's conversation shape, e.g. bad role order
                 raise InvalidGenerationRequest(f"messages do not fit the chat template: {exc}", "messages") from exc
-            return self._tokenizer.encode(text, add_special_tokens=False)
+            return self._encode(text, False)
 
         if sum(len(m["content"]) for m in messages) > _OFFLOAD_CHARS:
             return await asyncio.to_thread(render)
@@ -237,6 +238,16 @@ class LlamaEngine:
             if self._llm.errored:
                 raise EngineUnavailable("the engine stopped") from exc
             raise InvalidGenerationRequest(str(exc)) from exc
+
+
+def _text_encoder(tokenizer: Any) -> Callable[[str, bool], list[int]]:
+    """Text -> token ids. A fast tokenizer's Rust backend gives the same ids as `tokenizer.encode` at a fraction of
+    the cost: transformers wraps every call in a BatchEncoding, measured at about a tenth of the API process's CPU
+    per streamed chat request. Only read-only backend calls are made, so sharing it across threads is safe."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(tokenizer, "split_special_tokens", False):
+        return lambda text, add_special_tokens: tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    return lambda text, add_special_tokens: backend.encode(text, add_special_tokens=add_special_tokens).ids
 
 
 def _choice(c: CompletionOutput, tokenizer: Any) -> outputs.ChoiceDelta:

@@ -270,12 +270,20 @@ class Ticket:
         self.reason = "timeout"
         self._timeout_s = timeout_s
         self._timeout: asyncio.Timeout | None = None
+        # A stream's one deadline timer (not a timeout per frame: that cost showed in the per-token CPU).
+        self._timer: asyncio.TimerHandle | None = None
+        self._passed = False
+        self._waiter: asyncio.Task | None = None
+        self._cut = False
 
     def expire(self, reason: str) -> None:
         self.reason = reason
         self.deadline = asyncio.get_running_loop().time()
         if self._timeout is not None and not self._timeout.expired():
             self._timeout.reschedule(self.deadline)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._on_deadline()
 
     def error(self) -> APIError:
         status, code = _EXPIRED[self.reason]
@@ -299,29 +307,46 @@ class Ticket:
         finally:
             self._timeout = None
 
+    def _on_deadline(self) -> None:
+        self._timer = None
+        self._passed = True
+        if self._waiter is not None and not self._cut:
+            self._cut = True
+            self._waiter.cancel()
+
     async def stream(self, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Passes frames on until the deadline; past it, the stream ends with an error event and [DONE].
 
-        Only the wait for the next frame is timed (never a yield), so the cancellation lands in the engine
+        Only the wait for the next frame is cut short (never a yield), so the cancellation lands in the engine
         stream, which aborts its engine request.
         """
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        self._timer = asyncio.get_running_loop().call_at(self.deadline, self._on_deadline)
         try:
-            while True:
+            while not self._passed:
+                self._waiter = task
                 try:
-                    async with asyncio.timeout_at(self.deadline) as self._timeout:
-                        frame = await anext(frames)
+                    frame = await anext(frames)
                 except StopAsyncIteration:
                     return
-                except TimeoutError:
-                    if self._timeout is None or not self._timeout.expired():
-                        raise
-                    yield sse.frame(error_body(self.error()))
-                    yield sse.DONE
-                    return
+                except asyncio.CancelledError:
+                    if not self._cut or task.uncancel() > cancelling:
+                        raise  # cancelled by someone else too (e.g. the client went away)
+                    break
                 finally:
-                    self._timeout = None
+                    self._waiter = None
+                if self._cut:
+                    task.uncancel()  # the cancellation missed: the frame came first
+                    break
                 yield frame
+            yield sse.frame(error_body(self.error()))
+            yield sse.DONE
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             await frames.aclose()
 
 
