@@ -68,6 +68,8 @@ def to_sampling_params(plan: GenerationPlan, *, stream: bool) -> SamplingParams:
         logit_bias=_logit_bias(req.logit_bias),
         structured_outputs=_structured_outputs(req),
         output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+        # Made fresh for each engine request, so vLLM's defensive deep copy per request is not needed.
+        skip_clone=True,
     )
     if plan.pass_through:
         kwargs.update(plan.pass_through)
@@ -79,7 +81,8 @@ def to_sampling_params(plan: GenerationPlan, *, stream: bool) -> SamplingParams:
 
 def beam_step_params(plan: GenerationPlan) -> SamplingParams:
     """One beam-search step: the next token's 2 x width most likely alternatives."""
-    return SamplingParams(max_tokens=1, temperature=0.0, logprobs=2 * plan.num_choices, detokenize=False)
+    return SamplingParams(max_tokens=1, temperature=0.0, logprobs=2 * plan.num_choices, detokenize=False,
+                          skip_clone=True)
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:

@@ -279,6 +279,7 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
     every_usage = options is not None and options.continuous_usage_stats
     # The per-token frame of a one-choice stream without logprobs, rendered once: only the text changes.
     text_frame = None
+    last = b""
     if job.total_choices == 1 and job.plan.num_logprobs is None and not every_usage:
         probe = flavor.delta_choice(ChoiceDelta(0, sse.SLOT, [], None), render.ChoiceState())
         text_frame = sse.FrameTemplate({**head, "choices": [probe]})
@@ -301,11 +302,14 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
             chunk = {**head, "choices": choices}
             if every_usage or (finished == job.total_choices and include_usage):
                 chunk["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(completion_tokens))
-            yield sse.frame(chunk)
+            if finished == job.total_choices:
+                last = sse.frame(chunk)  # nothing follows it but [DONE]: both go in one write
+            else:
+                yield sse.frame(chunk)
     except (EngineUnavailable, InvalidGenerationRequest) as exc:
         # Headers are gone already: the error travels as an event, which OpenAI SDKs raise as an exception.
-        yield sse.frame(error_body(engine_error(exc)))
-    yield sse.DONE
+        last = sse.frame(error_body(engine_error(exc)))
+    yield last + sse.DONE
 
 
 async def _merged(job: Job, engine: LlamaEngine) -> AsyncIterator[tuple[int, Step]]:
