@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.run            # full matrix, ~15 min on 2 cores
     .venv/bin/python -m bench.run --quick    # the targets' scenarios only, ~4 min
 
-Starts llamaserve, drives it from a separate load-generator process (bench.loadgen), stops it; then the same for
-vLLM's server. Prints one table of ratios (llamaserve / vLLM), whether each target is met, and saves the raw
+Starts llamaserve and vLLM's server (both stay up; an idle one uses no CPU) and drives them from a separate
+load-generator process (bench.loadgen), each scenario on both back to back, alternating which goes first. Prints one table of ratios (llamaserve / vLLM), whether each target is met, and saves the raw
 results (JSON) and a chart (PNG) under docs/bench/.
 """
 
@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         print(stats.format_table(rows, results["llamaserve"]))
         print()
         print(stats.format_targets(checks))
+        print(stats.format_ceilings(results["vllm"], apis))
+        report["ceilings"] = {"stream": stats.throughput_ceiling(results["vllm"], apis, True),
+                              "full": stats.throughput_ceiling(results["vllm"], apis, False)}
     else:
         only = next(iter(results.values()))
         for key, s in only.items():

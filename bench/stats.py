@@ -161,6 +161,29 @@ def targets(ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]], 
     return out
 
 
+def throughput_ceiling(theirs: dict[str, dict[str, Any]], apis: Sequence[str], stream: bool, c: int = 32) -> float | None:
+    """The most a server could gain in output tokens/s on a machine whose cores are all busy: what vLLM's engine
+    would make if it also had the CPU vLLM's API server used, at the tokens per engine-CPU second it showed.
+    (server + engine CPU) / engine CPU, the lower of the routes; None without CPU figures."""
+    vals = []
+    for api in apis:
+        s = theirs.get(scenario_key({"api": api, "stream": stream, "loop": "closed", "concurrency": c}))
+        if s and s.get("engine_cpu_s") and s.get("server_cpu_s") is not None:
+            vals.append((s["server_cpu_s"] + s["engine_cpu_s"]) / s["engine_cpu_s"])
+    return min(vals) if vals else None
+
+
+def format_ceilings(theirs: dict[str, dict[str, Any]], apis: Sequence[str]) -> str:
+    lines = []
+    for stream in (True, False):
+        ceiling = throughput_ceiling(theirs, apis, stream)
+        if ceiling is not None:
+            mode = "streaming" if stream else "non-streaming"
+            lines.append(f"ceiling: at c32 {mode}, a server using no CPU at all could reach about {ceiling:.2f}x "
+                         "(vLLM's (server + engine CPU) / engine CPU; meaningful when every core is busy)")
+    return "\n".join(lines)
+
+
 def format_targets(results: list[dict[str, Any]]) -> str:
     lines = []
     for t in results:

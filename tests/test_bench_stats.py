@@ -99,3 +99,15 @@ def test_merge_rounds_takes_medians() -> None:
     merged = stats.merge_rounds(runs)
     assert merged["rounds"] == 3 and merged["output_tok_s"] == 2.0 and merged["ttft_p50_ms"] is None
     assert stats.merge_rounds(runs[:1])["rounds"] == 1
+
+
+def test_throughput_ceiling_is_the_cpu_a_server_could_hand_back() -> None:
+    theirs = _side(100.0, 20.0, 1.0)
+    for s in theirs.values():
+        s["server_cpu_s"], s["engine_cpu_s"] = 1.0, 4.0
+    theirs["completions stream closed c32"]["server_cpu_s"] = 0.5
+    assert stats.throughput_ceiling(theirs, ["chat"], True) == pytest.approx(1.25)
+    assert stats.throughput_ceiling(theirs, ["chat", "completions"], True) == pytest.approx(1.125)  # the lower route
+    assert "1.25x" in stats.format_ceilings(theirs, ["chat"])
+    theirs["chat full closed c32"]["engine_cpu_s"] = None
+    assert stats.throughput_ceiling(theirs, ["chat"], False) is None
