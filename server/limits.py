@@ -5,8 +5,8 @@
   Retry-After and OpenAI's x-ratelimit-* headers;
 - admission: at most `max_concurrent_requests` generation requests run and `max_queued_requests` wait;
   beyond that an immediate 429 `overloaded`;
-- deadlines: a request running past `request_timeout_s` (or still running when a drain or the engine's
-  death expires it) is cancelled, which aborts its engine requests.
+- deadlines (server/deadlines.py): a request running past `request_timeout_s` (or still running when a drain or
+  the engine's death expires it) is cancelled, which aborts its engine requests.
 """
 
 from __future__ import annotations
@@ -15,20 +15,18 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import sse
-from server.errors import APIError, error_body, error_response
+from server.deadlines import Ticket
+from server.errors import APIError, error_response
 from server.observability import Exchange, exchange_of_scope
 
 if TYPE_CHECKING:
     from server.generation import Job
     from server.settings import Settings
 
-T = TypeVar("T")
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Idle buckets are full again; past this many identities the full ones are forgotten.
@@ -250,104 +248,6 @@ class Admission:
                 fut.set_result(None)
                 return
         self.running -= 1
-
-
-# --- deadlines
-
-
-_EXPIRED = {
-    "timeout": (504, "timeout"),
-    "shutdown": (503, "shutting_down"),
-    "engine_dead": (503, "engine_unavailable"),
-}
-
-
-class Ticket:
-    """One admitted generation request: its deadline, and the way to end it early."""
-
-    def __init__(self, deadline: float, timeout_s: float):
-        self.deadline = deadline
-        self.reason = "timeout"
-        self._timeout_s = timeout_s
-        self._timeout: asyncio.Timeout | None = None
-        # A stream's one deadline timer (not a timeout per frame: that cost showed in the per-token CPU).
-        self._timer: asyncio.TimerHandle | None = None
-        self._passed = False
-        self._waiter: asyncio.Task | None = None
-        self._cut = False
-
-    def expire(self, reason: str) -> None:
-        self.reason = reason
-        self.deadline = asyncio.get_running_loop().time()
-        if self._timeout is not None and not self._timeout.expired():
-            self._timeout.reschedule(self.deadline)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._on_deadline()
-
-    def error(self) -> APIError:
-        status, code = _EXPIRED[self.reason]
-        message = {
-            "timeout": f"the request ran longer than request_timeout_s ({self._timeout_s:g} s) and was cancelled",
-            "shutdown": "the server is shutting down; the request was cancelled",
-            "engine_dead": "the engine stopped; the request was cancelled",
-        }[self.reason]
-        headers = None if status == 504 else {"Retry-After": "5"}
-        return APIError(status, message, code=code, headers=headers)
-
-    async def within(self, work: Awaitable[T]) -> T:
-        """Awaits `work` until the deadline; past it, `work` is cancelled and the ticket's error raised."""
-        try:
-            async with asyncio.timeout_at(self.deadline) as self._timeout:
-                return await work
-        except TimeoutError:
-            if self._timeout is not None and self._timeout.expired():
-                raise self.error() from None
-            raise
-        finally:
-            self._timeout = None
-
-    def _on_deadline(self) -> None:
-        self._timer = None
-        self._passed = True
-        if self._waiter is not None and not self._cut:
-            self._cut = True
-            self._waiter.cancel()
-
-    async def stream(self, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Passes frames on until the deadline; past it, the stream ends with an error event and [DONE].
-
-        Only the wait for the next frame is cut short (never a yield), so the cancellation lands in the engine
-        stream, which aborts its engine request.
-        """
-        task = asyncio.current_task()
-        assert task is not None
-        cancelling = task.cancelling()
-        self._timer = asyncio.get_running_loop().call_at(self.deadline, self._on_deadline)
-        try:
-            while not self._passed:
-                self._waiter = task
-                try:
-                    frame = await anext(frames)
-                except StopAsyncIteration:
-                    return
-                except asyncio.CancelledError:
-                    if not self._cut or task.uncancel() > cancelling:
-                        raise  # cancelled by someone else too (e.g. the client went away)
-                    break
-                finally:
-                    self._waiter = None
-                if self._cut:
-                    task.uncancel()  # the cancellation missed: the frame came first
-                    break
-                yield frame
-            yield sse.frame(error_body(self.error()))
-            yield sse.DONE
-        finally:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            await frames.aclose()
 
 
 class Limits:

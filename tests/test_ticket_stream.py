@@ -1,4 +1,4 @@
-"""A stream's deadline (server.limits.Ticket.stream) on scripted frame sources, without a server."""
+"""A stream's deadline (server.deadlines.Ticket.stream) on scripted frame sources, without a server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import orjson
 import pytest
 
-from server.limits import Ticket
+from server.deadlines import Ticket
 
 
 def _run(coro):
@@ -118,5 +118,40 @@ def test_no_timer_outlives_the_stream():
         await _collect(ticket, src)
         await asyncio.sleep(0.3)  # past the deadline, nothing fires into a finished stream
         assert ticket._timer is None and not ticket._passed
+
+    _run(main())
+
+
+def test_a_stream_stuck_in_a_send_past_its_deadline_is_abandoned_after_the_grace(monkeypatch):
+    monkeypatch.setattr("server.deadlines.STALLED_SEND_GRACE_S", 0.2)
+
+    async def main():
+        src = Source([0, 0, 0])
+        ticket = _ticket(0.1)
+
+        async def consume():
+            async for _ in ticket.stream(src.frames()):
+                await asyncio.sleep(3600)  # a send to a client that never reads
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.2)
+        assert not task.done()  # past the deadline, but within the grace
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 2)
+        assert ticket._abandon_timer is None
+
+    _run(main())
+
+
+def test_a_stream_that_ends_in_time_after_its_deadline_is_not_abandoned(monkeypatch):
+    monkeypatch.setattr("server.deadlines.STALLED_SEND_GRACE_S", 0.3)
+
+    async def main():
+        src = Source([0, 10])
+        ticket = _ticket(0.1)
+        frames = await _collect(ticket, src)
+        assert frames[-1] == b"data: [DONE]\n\n"
+        assert ticket._abandon_timer is None and ticket._stream_task is None
+        await asyncio.sleep(0.5)  # nothing fires later
 
     _run(main())
