@@ -37,9 +37,9 @@ class Ticket:
         # A stream's one deadline timer (not a timeout per frame: that cost showed in the per-token CPU).
         self._timer: asyncio.TimerHandle | None = None
         self._passed = False
-        self._waiter: asyncio.Task | None = None
-        self._cut = False
         self._stream_task: asyncio.Task | None = None
+        self._waiting = False  # the stream task is waiting for the engine's next frame
+        self._cut = False
         self._abandon_timer: asyncio.TimerHandle | None = None
 
     def expire(self, reason: str) -> None:
@@ -76,9 +76,9 @@ class Ticket:
     def _on_deadline(self) -> None:
         self._timer = None
         self._passed = True
-        if self._waiter is not None and not self._cut:
+        if self._waiting and not self._cut:
             self._cut = True
-            self._waiter.cancel()
+            self._stream_task.cancel()
         if self._stream_task is not None and self._abandon_timer is None:
             self._abandon_timer = asyncio.get_running_loop().call_later(STALLED_SEND_GRACE_S, self._abandon)
 
@@ -104,7 +104,7 @@ class Ticket:
         self._timer = asyncio.get_running_loop().call_at(self.deadline, self._on_deadline)
         try:
             while not self._passed:
-                self._waiter = task
+                self._waiting = True
                 try:
                     frame = await anext(frames)
                 except StopAsyncIteration:
@@ -114,7 +114,7 @@ class Ticket:
                         raise  # cancelled by someone else too (e.g. the client went away)
                     break
                 finally:
-                    self._waiter = None
+                    self._waiting = False
                 if self._cut:
                     task.uncancel()  # the cancellation missed: the frame came first
                     break
