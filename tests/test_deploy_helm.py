@@ -154,7 +154,7 @@ def test_probes_hit_the_contract_routes_on_the_server_port(case):
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["LLAMASERVE_PORT"] == str(PORT)
         probes = {k: container[k]["httpGet"] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
-        assert probes["startupProbe"]["path"] == "/health"
+        assert probes["startupProbe"]["path"] == "/ready", "/health answers while the model loads"
         assert probes["livenessProbe"]["path"] == "/health"
         assert probes["readinessProbe"]["path"] == "/ready"
         assert all(ports.get(p["port"], p["port"]) == PORT for p in probes.values())
