@@ -282,8 +282,8 @@ def test_multinode_runs_ray_head_on_leader_and_workers_join_it():
     assert tmpl["size"] == values["multiNode"]["size"] == HARDWARE["llama-3.1-405b-instruct-fp8"]["multi_node"]["nodes"]
     leader = " ".join(tmpl["leaderTemplate"]["spec"]["containers"][0]["args"])
     worker = " ".join(tmpl["workerTemplate"]["spec"]["containers"][0]["args"])
-    assert "ray start --head" in leader and "exec llamaserve serve" in leader
-    assert leader.index("ray start --head") < leader.index("exec llamaserve serve")
+    assert "ray start --head" in leader and "exec python /opt/llamaserve/preflight.py llamaserve serve" in leader
+    assert leader.index("ray start --head") < leader.index("llamaserve serve")
     assert "LWS_LEADER_ADDRESS" in worker and "llamaserve serve" not in worker
 
 
