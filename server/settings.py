@@ -9,12 +9,14 @@ YAML key ``max_model_len``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -23,6 +25,20 @@ from pydantic_settings import (
 from typing_extensions import Annotated
 
 ENV_PREFIX = "LLAMASERVE_"
+# Kubernetes' service links give every pod <SERVICE>_PORT=tcp://10.0.0.1:8000 for each Service in its namespace,
+# so a Service named llamaserve sets LLAMASERVE_PORT. Such a value is an address, never a port or host to bind.
+_SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://", re.IGNORECASE)
+
+
+class _EnvSource(EnvSettingsSource):
+    """The environment, less the service-link values of `port` and `host`: they fall back to YAML or defaults."""
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        for name in ("port", "host"):
+            if isinstance(values.get(name), str) and _SERVICE_LINK.match(values[name]):
+                del values[name]
+        return values
 
 
 class Settings(BaseSettings):
@@ -100,7 +116,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_path = init_settings.init_kwargs.get("config") or os.environ.get(f"{ENV_PREFIX}CONFIG")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSource(settings_cls)]
         if yaml_path:
             if not Path(yaml_path).is_file():
                 raise FileNotFoundError(f"settings file not found: {yaml_path}")
