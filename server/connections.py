@@ -9,8 +9,10 @@ headers are complete, which a slowloris client never sends). This subclass adds:
   kept-alive connection) to the end of its headers; past it, 408 and close;
 - a cap on header bytes (431 and close), since httptools buffers headers without bound;
 - `max_connections`: a connection beyond it gets 503 and is closed at once, before any byte is read;
-- a response sent before the request's body has fully arrived (401, 413, 408 ...) closes the connection:
-  otherwise a client could keep it forever by dripping the unread rest (each byte restarts keep-alive).
+- a response sent before the request's body has fully arrived (401, 413 ...) ends the connection: otherwise a
+  client could keep it forever by dripping the unread rest (each byte restarts keep-alive). It is a lingering
+  close, as nginx does: our side is shut for writing and the rest is read and dropped for `LINGER_S`, since
+  closing with unread bytes would send a TCP reset that can destroy the response before the client reads it.
 
 The body's own timeout is server/limits.py's BodyLimitMiddleware (it reads the body for the app).
 """
@@ -27,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 log = logging.getLogger("llamaserve.connections")
 
 MAX_HEADER_BYTES = 64 * 1024
+LINGER_S = 2.0
 
 
 def _plain_response(status: str, message: str) -> bytes:
@@ -48,6 +51,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer: TimerHandle | None = None
         self._header_bytes = 0
         self._refused = False
+        self._linger_timer: TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -62,17 +66,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
+        if self._refused or self._linger_timer is not None:
+            return  # refused, or the rest of a body already answered: dropped
         super().data_received(data)
         # Counted after parsing: a chunk that completes the headers may carry a large body behind them.
         if self._header_timer is not None and self.parser is not None:
             self._header_bytes += len(data)
             if self._header_bytes > MAX_HEADER_BYTES:
-                self._close_with("431 Request Header Fields Too Large", "request headers too large")
+                self._cancel_header_timer()
+                self.transport.write(_plain_response("431 Request Header Fields Too Large", "request headers too large"))
+                self._linger()  # the client is still sending: a plain close would reset the connection
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -85,10 +93,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         if not self.pipeline and self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
-            # Answered before its body was in: the unread rest would keep the connection alive.
-            self.transport.close()
+            self._linger()  # answered before its body was in
             return
         super().on_response_complete()
+
+    def _linger(self) -> None:
+        self._cancel_header_timer()
+        self._linger_timer = self.loop.call_later(LINGER_S, self.transport.close)
+        self.flow.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # the client reads the response, then EOF
+
+    def eof_received(self) -> bool | None:
+        if self._linger_timer is not None:
+            return False  # the client is done too: close now
+        return super().eof_received()
 
     def _arm_header_timer(self) -> None:
         self._header_bytes = 0
