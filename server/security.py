@@ -1,5 +1,8 @@
 """API keys: `Authorization: Bearer <key>` or `api-key: <key>` on every route but the probes.
 
+The start fails closed: keys asked for of which none results refuse to start (`load_keyring`), and so does no
+key at all unless `allow_unauthenticated` says so (`require_keys_or_consent`, checked by `llamaserve serve`).
+
 Keys are kept only as SHA-256 digests; a presented key is hashed and compared with every stored digest
 (hmac.compare_digest, no early exit), so timing reveals neither the key nor which entry matched.
 """
@@ -97,7 +100,7 @@ class AuthSettingsError(ValueError):
 def load_keyring(settings: Settings) -> KeyRing:
     """The keys of every source. Keys asked for (`api_keys` given in any source, or `api_key_file` set) of
     which none results, e.g. an empty secret, stop the start: the operator meant the server to be closed."""
-    path = settings.api_key_file
+    path = _shown(settings.api_key_file)
     try:
         keys = settings.all_api_keys()
     except OSError as exc:  # a missing secret must stop the start, not open the server
@@ -107,7 +110,7 @@ def load_keyring(settings: Settings) -> KeyRing:
     if settings.keys_requested() and not keys:
         sources = [name for name, given in (
             ("api_keys (--api-keys / LLAMASERVE_API_KEYS / YAML)", "api_keys" in settings.model_fields_set),
-            (f"api_key_file {path}", path is not None),
+            (f"api_key_file {path}", settings.api_key_file is not None),
         ) if given]
         raise AuthSettingsError(
             f"API keys were configured but none is set: {' and '.join(sources)} hold(s) no key (empty or blank "
@@ -115,6 +118,11 @@ def load_keyring(settings: Settings) -> KeyRing:
             "setting and pass --allow-unauthenticated to serve without keys on purpose."
         )
     return KeyRing(keys)
+
+
+def _shown(path: object) -> str:
+    """A key pasted into the file setting by mistake must not reach the log: a bare word is not shown."""
+    return str(path) if "/" in str(path) else "(a name without a directory, not shown)"
 
 
 def require_keys_or_consent(settings: Settings, keys: KeyRing) -> None:

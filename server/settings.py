@@ -154,7 +154,7 @@ def key_file_lines(raw: bytes) -> list[str]:
 
 
 # Their values are never echoed in an error; nor is the value of an unknown key (it may be a misspelt secret).
-SECRET_FIELDS = frozenset({"api_keys"})
+SECRET_FIELDS = frozenset({"api_keys", "api_key_file"})
 
 
 def describe_error(exc: ValidationError) -> str:

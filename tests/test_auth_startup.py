@@ -65,7 +65,11 @@ def test_a_key_file_without_keys_refuses_to_start(started, tmp_path, content):
 
 
 def test_an_unreadable_key_file_refuses_and_names_only_its_path(started, tmp_path):
-    assert "cannot read api_key_file" in _refusal(started, "--api-key-file", str(tmp_path / "absent"))
+    absent = tmp_path / "absent"
+    assert "cannot read api_key_file" in _refusal(started, "--api-key-file", str(absent)) and str(absent) in _refusal(
+        started, "--api-key-file", str(absent))
+    # The key itself, pasted into the file setting by mistake, is not echoed.
+    assert SECRET not in _refusal(started, "--api-key-file", SECRET)
     binary = tmp_path / "binary"
     binary.write_bytes(b"\xff\xfe" + SECRET.encode())
     message = _refusal(started, "--api-key-file", str(binary))

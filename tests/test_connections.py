@@ -60,6 +60,7 @@ def test_half_a_header_or_nothing_is_closed_at_the_header_timeout_while_others_a
             data, closed = _read_to_eof(sock)
             assert _status(data) == 408, data
             assert HEADER_S - 0.2 <= closed - started <= HEADER_S + 5
+            print(f"header timeout {HEADER_S} s: closed after {closed - started:.2f} s")
 
 
 def test_half_a_body_gets_408_at_the_body_timeout(guarded):
@@ -71,6 +72,7 @@ def test_half_a_body_gets_408_at_the_body_timeout(guarded):
     assert _status(data) == 408, data
     assert orjson.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
     assert BODY_S - 0.2 <= closed - started <= BODY_S + 5
+    print(f"body timeout {BODY_S} s: 408 after {closed - started:.2f} s")
 
 
 def test_a_dripped_body_gets_the_same_deadline_not_one_per_chunk(guarded):
@@ -147,6 +149,7 @@ def test_connections_beyond_the_cap_are_refused_at_once(guarded):
     timed_out = [data for data, _ in outcomes if _status(data) == 408]
     assert len(refused) >= 3 and len(timed_out) <= CAP and len(refused) + len(timed_out) == CAP + 3
     assert max(refused) < HEADER_S  # refused on arrival, not at the header timeout
+    print(f"cap {CAP}: {len(refused)} of {CAP + 3} refused within {max(refused):.3f} s")
     # Once they are gone, new connections are served again.
     assert httpx.get(guarded.base_url + "/health", timeout=10).status_code == 200
 
