@@ -13,7 +13,7 @@ from engine.core import EngineOptions, LlamaEngine
 from server import errors, metrics, model_source
 from server.limits import BodyLimitMiddleware
 from server.observability import RequestContextMiddleware
-from server.security import ApiKeyMiddleware, KeyRing, warn_if_open
+from server.security import ApiKeyMiddleware, load_keyring, warn_if_open
 from schemas import ChatCompletionRequest, CompletionRequest
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
 from server.routes import generate, meta, tokenize
@@ -80,15 +80,10 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine)
 
 def _protect(app: FastAPI, state: ServerState) -> None:
     """Outermost first: request id and access log, then the key check, then the body size limit."""
-    keys = KeyRing(settings_keys(state.settings))
+    keys = load_keyring(state.settings)  # keys asked for but none given: refuses, never serves open
     warn_if_open(keys)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=state.settings.max_request_bytes, timeout_s=state.settings.body_timeout_s
+    )
     app.add_middleware(ApiKeyMiddleware, state=state, keys=keys)
     app.add_middleware(RequestContextMiddleware, state=state)  # added last: runs first
-
-
-def settings_keys(settings: Settings) -> list[str]:
-    try:
-        return settings.all_api_keys()
-    except OSError as exc:  # a missing secret must stop the start, not open the server
-        raise RuntimeError(f"cannot read api_key_file {settings.api_key_file}: {exc}") from exc

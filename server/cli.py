@@ -12,7 +12,10 @@ import typing
 from pathlib import Path
 from types import FrameType
 
-from server.settings import Settings, load_settings
+from pydantic import ValidationError
+
+from server.security import load_keyring, require_keys_or_consent
+from server.settings import Settings, describe_error, load_settings
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +40,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.connections import guarded_protocol
     from server.observability import configure_logging
     from server.state import state_of
 
@@ -56,7 +60,12 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=False,  # server.observability writes one JSON line per request instead
         loop="uvloop",
-        http="httptools",
+        # httptools, with a header timeout and a connection cap (server/connections.py).
+        http=guarded_protocol(settings.header_timeout_s, settings.max_connections),
+        # X-Forwarded-For names the client (its rate-limit bucket, its log line) only from trusted_proxies;
+        # uvicorn's default would trust 127.0.0.1 (and $FORWARDED_ALLOW_IPS).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or [],
         # The drain cancels what still runs at shutdown_grace_s; uvicorn's own cut only backs that up.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s) + 2,
     )
@@ -95,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         flags = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
         try:
             settings = load_settings(**flags)
+            # Keys asked for but empty, or no key and no --allow-unauthenticated: no start at all.
+            require_keys_or_consent(settings, load_keyring(settings))
+        except ValidationError as exc:  # pydantic's own text would echo inputs, secrets included
+            sys.exit(f"llamaserve: invalid settings: {describe_error(exc)}")
         except Exception as exc:  # a bad flag, env var or YAML key: say which, without a traceback
             sys.exit(f"llamaserve: invalid settings: {exc}")
         serve(settings)

@@ -28,13 +28,16 @@ def free_port() -> int:
 class ServerProcess:
     """A `llamaserve serve` child process on a loopback port."""
 
-    def __init__(self, args: list[str] | None = None, env: dict[str, str] | None = None):
+    def __init__(self, args: list[str] | None = None, env: dict[str, str] | None = None,
+                 allow_unauthenticated: bool = True):
         self.port = free_port()
+        # Servers without keys must say so; with keys the flag changes nothing (server/security.py).
+        consent = ["--allow-unauthenticated"] if allow_unauthenticated else []
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="llamaserve-test-", suffix=".log")[1])
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *(args or [])],
+            [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *consent, *(args or [])],
             cwd=ROOT,
             env={**os.environ, "LLAMASERVE_MODEL_CACHE_DIR": str(CACHE_DIR), **(env or {})},
             stdout=self._log,

@@ -102,6 +102,10 @@ llamaserve.io/role: server
     secretKeyRef:
       name: {{ include "llamaserve.secretName" . }}
       key: {{ .Values.secret.apiKeysKey }}
+{{- else }}
+# Without keys the server starts only when told to (server/security.py).
+- name: LLAMASERVE_ALLOW_UNAUTHENTICATED
+  value: "true"
 {{- end }}
 {{- end }}
 {{- end -}}
