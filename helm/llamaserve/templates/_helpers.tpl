@@ -102,8 +102,8 @@ llamaserve.io/role: server
     secretKeyRef:
       name: {{ include "llamaserve.secretName" . }}
       key: {{ .Values.secret.apiKeysKey }}
-{{- else }}
-# Without keys the server starts only when told to (server/security.py).
+{{- else if $server }}
+# Without keys the server starts only when told to (server/security.py); workers serve no HTTP.
 - name: LLAMASERVE_ALLOW_UNAUTHENTICATED
   value: "true"
 {{- end }}
