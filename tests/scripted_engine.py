@@ -63,7 +63,7 @@ class ScriptedEngine:
 
 
 def settings(**fields) -> Settings:
-    return Settings(rate_limit_rpm=0, rate_limit_tpm=0, **fields)
+    return Settings(**{"rate_limit_rpm": 0, "rate_limit_tpm": 0, **fields})
 
 
 class InProcess:
