@@ -270,7 +270,7 @@ class Admission:
         except BaseException:
             if fut.done() and not fut.cancelled():
                 self.release()
-            else:
+            elif fut in self._waiters:  # a release() between the cancel and here already dropped it
                 self._waiters.remove(fut)
             raise
 

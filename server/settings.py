@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     max_n: int = Field(16, ge=1, description="largest n accepted")
     max_best_of: int = Field(16, ge=1, description="largest best_of / beam width accepted")
     max_logprobs: int = Field(20, ge=0, description="largest logprobs / top_logprobs accepted")
+    max_prompts_per_request: int = Field(64, ge=1, description="most prompts in one completions request")
+    max_sequences_per_request: int = Field(
+        64, ge=1, description="most engine sequences one request may start: prompts x candidates (best_of, else n)"
+    )
+    max_chat_messages: int = Field(2048, ge=1, description="most messages in one chat or tokenize request")
+    max_prompt_chars: int = Field(
+        2_000_000, ge=1, description="most characters of prompt text in one request (all prompts; rendered chat)"
+    )
 
     # --- security and protection
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
