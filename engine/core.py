@@ -21,13 +21,17 @@ from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from engine import best_of, outputs
+from engine import best_of, lifeline, outputs
 from engine.beam_search import beam_search
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
 from engine.sampling import GenerationPlan, beam_step_params, to_sampling_params
 
 log = logging.getLogger("llamaserve.engine")
 
+# How long vLLM's engine core gets to stop by itself (abort requests, stop workers) before it is killed; its
+# workers die with it (engine/lifeline.py). vLLM's default of 5 s, plus its workers' own teardown, held the exit of a
+# drained server for 5-7 s.
+_STOP_TIMEOUT_S = 1.0
 # Above this many characters, tokenisation moves off the event loop so other requests keep streaming.
 _OFFLOAD_CHARS = 20_000
 
@@ -100,6 +104,7 @@ class LlamaEngine:
             generation_config="vllm",
             **options.extra,
         )
+        lifeline.install()  # engine processes die with this one, however it ends
         llm = AsyncLLM.from_engine_args(args)
         chat_template = Path(options.chat_template).read_text() if options.chat_template else None
         tokenizer = llm.get_tokenizer()
@@ -115,7 +120,7 @@ class LlamaEngine:
         return cls(llm, info, chat_template)
 
     def shutdown(self) -> None:
-        self._llm.shutdown()
+        self._llm.shutdown(timeout=_STOP_TIMEOUT_S)
 
     @property
     def is_dead(self) -> bool:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from engine.core import EngineOptions, LlamaEngine
 from server import errors, metrics, model_source
+from server.lifecycle import MODEL_LOAD_EXIT_CODE
 from server.limits import BodyLimitMiddleware
 from server.observability import RequestContextMiddleware
 from server.security import ApiKeyMiddleware, KeyRing, warn_if_open
@@ -46,9 +47,11 @@ async def _load(state: ServerState, factory: EngineFactory) -> None:
     try:
         state.engine = await asyncio.to_thread(factory, state.settings)
         log.info("model %s ready", state.engine.info.name)
-    except Exception as exc:  # the server stays up to report it on /health and /ready
-        log.exception("the model failed to load")
-        state.load_error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a server without its model serves nothing: exit so that the failure shows
+        state.load_error = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever vLLM's message
+        log.debug("the model failed to load", exc_info=True)
+        log.critical("the model failed to load, exiting with code %d: %s", MODEL_LOAD_EXIT_CODE, state.load_error)
+        state.lifecycle.exit_now(MODEL_LOAD_EXIT_CODE)
 
 
 def create_app(settings: Settings, engine_factory: EngineFactory = start_engine) -> FastAPI:
