@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -40,7 +41,11 @@ def engine_options(settings: Settings) -> EngineOptions:
 
 
 def start_engine(settings: Settings) -> LlamaEngine:
-    return LlamaEngine.start(engine_options(settings))
+    options = engine_options(settings)
+    # vLLM would take a missing directory for a hub id and say only that the id is malformed.
+    if options.model.startswith(("/", "./", "../", "~")) and not Path(options.model).expanduser().exists():
+        raise FileNotFoundError(f"the model directory {options.model} does not exist")
+    return LlamaEngine.start(options)
 
 
 async def _load(state: ServerState, factory: EngineFactory) -> None:
