@@ -58,7 +58,13 @@ def kill_group(pgid: int, timeout: float = 10) -> bool:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, read from /proc."""
+    """Live (non-zombie) processes of a process group, read from /proc (elsewhere: whether any process is left)."""
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        return [pgid]
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
