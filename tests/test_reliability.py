@@ -29,12 +29,10 @@ LOAD_CLIENTS, LOAD_SECONDS = 64, 8
 @pytest.fixture(scope="module")
 def doomed_pair(tiny_model):
     """Two servers that these tests end: one drained by SIGTERM, one whose engine is killed (started together)."""
-    drained = ServerProcess(
-        ["--shutdown-grace-s", str(GRACE_S), "--max-model-len", str(ENDLESS + 1024),
-         "--rate-limit-rpm", "0", "--rate-limit-tpm", "0"],
-        env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},  # past the tiny model's 1,024 positions: random weights anyway
-    )
-    pair = (drained, ServerProcess([]))
+    long_context = ["--max-model-len", str(ENDLESS + 1024), "--rate-limit-rpm", "0", "--rate-limit-tpm", "0"]
+    env = {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}  # past the tiny model's 1,024 positions: random weights anyway
+    pair = (ServerProcess(["--shutdown-grace-s", str(GRACE_S), *long_context], env=env),
+            ServerProcess(long_context, env=env))
     try:
         yield tuple(srv.wait_ready() for srv in pair)
     finally:
@@ -134,17 +132,15 @@ def _refused(base_url: str) -> bool:
 def test_engine_death_fails_requests_fast_and_exits_non_zero(doomed_pair):
     srv = doomed_pair[1]
     out: dict = {}
-    stream = _stream_in_thread(srv.base_url, {**CHAT, "max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True},
-                               out, "stream")
+    endless = {**CHAT, "max_tokens": ENDLESS, "ignore_eos": True}  # still running when the engine dies
+    stream = _stream_in_thread(srv.base_url, {**endless, "stream": True}, out, "stream")
 
     def full() -> None:
-        out["full"] = httpx.post(srv.base_url + "/v1/chat/completions", headers=PASS, timeout=60,
-                                 json={**CHAT, "max_tokens": 480, "n": 8, "ignore_eos": True})
+        out["full"] = httpx.post(srv.base_url + "/v1/chat/completions", headers=PASS, timeout=60, json=endless)
 
     waiter = threading.Thread(target=full, daemon=True)
     waiter.start()
-    assert wait_until(lambda: "stream.first" in out, 30)
-    time.sleep(0.3)
+    assert wait_until(lambda: "stream.first" in out and engine_in_flight(srv.base_url) == 2, 30)
     descendants = psutil.Process(srv.proc.pid).children(recursive=True)
     cores = [p for p in descendants if "EngineCore" in " ".join(p.cmdline()) + p.name()]
     assert cores and len(descendants) > len(cores), [p.name() for p in descendants]  # its worker too
