@@ -23,7 +23,7 @@ from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from engine import best_of, outputs
+from engine import best_of, lifeline, outputs
 from engine.beam_search import beam_search
 from engine.chat_encoding import ChatEncoder
 from engine.errors import EngineFailure, EngineUnavailable, InvalidGenerationRequest
@@ -31,6 +31,10 @@ from engine.sampling import GenerationPlan, beam_step_params, to_sampling_params
 
 log = logging.getLogger("llamaserve.engine")
 
+# How long vLLM's engine core gets to stop by itself (abort requests, stop workers) before it is killed; its
+# workers die with it (engine/lifeline.py). vLLM's default of 5 s, plus its workers' own teardown, held the exit of a
+# drained server for 5-7 s.
+_STOP_TIMEOUT_S = 1.0
 # Above this many characters (or messages), tokenisation moves off the event loop so other requests keep streaming.
 _OFFLOAD_CHARS = 20_000
 _OFFLOAD_MESSAGES = 256
@@ -108,6 +112,7 @@ class LlamaEngine:
             generation_config="vllm",
             **options.extra,
         )
+        lifeline.install()  # engine processes die with this one, however it ends
         llm = AsyncLLM.from_engine_args(args)
         chat_template = Path(options.chat_template).read_text() if options.chat_template else None
         tokenizer = llm.get_tokenizer()
@@ -124,7 +129,7 @@ class LlamaEngine:
 
     def shutdown(self) -> None:
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
-        self._llm.shutdown()
+        self._llm.shutdown(timeout=_STOP_TIMEOUT_S)
 
     @property
     def is_dead(self) -> bool:

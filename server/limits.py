@@ -17,6 +17,7 @@ import asyncio
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -250,12 +251,15 @@ class Admission:
         self.queue_limit = queue_limit
         self.running = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed: Callable[[], APIError] | None = None
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
     async def acquire(self) -> None:
+        if self._closed is not None:
+            raise self._closed()
         if self.running < self.limit and not self._waiters:
             self.running += 1
             return
@@ -268,11 +272,22 @@ class Admission:
         try:
             await fut  # release() hands its slot over: `running` already counts this request
         except BaseException:
-            if fut.done() and not fut.cancelled():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.release()
-            elif fut in self._waiters:  # a release() between the cancel and here already dropped it
+            elif fut in self._waiters:  # close() took out those it refused; a release() may have dropped it
                 self._waiters.remove(fut)
             raise
+
+    def close(self, error: Callable[[], APIError]) -> int:
+        """No request gets a slot from now on: those waiting and those still to come fail with `error()`."""
+        self._closed = error
+        refused = 0
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(error())
+                refused += 1
+        return refused
 
     def release(self) -> None:
         while self._waiters:
