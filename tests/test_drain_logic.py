@@ -11,7 +11,6 @@ import time
 import httpx
 import pytest
 
-from engine.core import ModelInfo
 from engine.outputs import ChoiceDelta, PromptInfo, Step
 from server.app import create_app
 from server.errors import APIError
@@ -19,27 +18,22 @@ from server.limits import Admission
 from server.settings import Settings
 from server.state import state_of
 from tests.probes import sse_events
+from tests.scripted_engine import ScriptedEngine
 
 GRACE_S = 0.5
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
 
 
-class EndlessEngine:
+class EndlessEngine(ScriptedEngine):
     """Generates one token every 10 ms until cancelled; records the requests it was asked to drop."""
 
     def __init__(self, settings: Settings):
-        self.info = ModelInfo(name="scripted", path="scripted", max_model_len=4096, vocab_size=1000, is_chat=True,
-                              provider="Meta")
-        self.is_dead = False
-        self.started: list[str] = []
+        super().__init__(max_model_len=4096)
         self.cancelled: list[str] = []
         self.stopped = False
 
     def num_unfinished_requests(self) -> int:
         return len(self.started) - len(self.cancelled)
-
-    async def encode_chat(self, messages):
-        return [1, 2, 3]
 
     async def stream(self, prompt_ids, plan, request_id):
         self.started.append(request_id)

@@ -20,16 +20,17 @@ from tests.probes import wait_until
 # A parent that starts, the way vLLM does (multiprocessing, spawn), a child guarded by engine/lifeline.py and an
 # unguarded one, prints both pids, then waits to be killed.
 _PARENT = textwrap.dedent("""
-    import multiprocessing, sys, time
+    import multiprocessing, pathlib, sys, time
     from engine import lifeline
 
-    def guarded():
+    def guarded(ready):
         lifeline.die_with_parent()
+        pathlib.Path(ready).touch()
         time.sleep(600)
 
     if __name__ == "__main__":
         ctx = multiprocessing.get_context(sys.argv[1])
-        kids = [ctx.Process(target=guarded), ctx.Process(target=time.sleep, args=(600,))]
+        kids = [ctx.Process(target=guarded, args=(sys.argv[2],)), ctx.Process(target=time.sleep, args=(600,))]
         for k in kids:
             k.start()
         print(*(k.pid for k in kids), flush=True)
@@ -47,11 +48,14 @@ def _alive(pid: int) -> bool:
 def _sigkill_parent_of_a_guarded_child(method: str, tmp_path) -> None:
     script = tmp_path / "parent.py"
     script.write_text(_PARENT)
-    parent = subprocess.Popen([sys.executable, str(script), method], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    ready = tmp_path / "guarded-ready"
+    parent = subprocess.Popen([sys.executable, str(script), method, str(ready)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
     try:
         guarded, unguarded = map(int, parent.stdout.readline().split())
         assert _alive(guarded) and _alive(unguarded)
+        # A spawned child takes a while to import on a loaded machine: kill the parent once the guard is on.
+        assert wait_until(ready.exists, 60, 0.05), "the guarded child never started its guard"
         parent.kill()
         parent.wait(10)
         killed = time.monotonic()
