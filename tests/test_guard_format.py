@@ -127,4 +127,4 @@ def test_tiny_guard_chains_start_at_the_prompts_last_token_and_end_at_eot():
     assert chain[-1] == tokenizer.convert_tokens_to_ids("<|eot_id|>")
     # A verdict that revisits a token cannot come out of a chain where each token has one successor.
     with pytest.raises(ValueError, match="repeats a token"):
-        verdict_chain(tokenizer, "unsafe\nS11")
+        verdict_chain(tokenizer, "unsafe\nS1,S2")
