@@ -159,8 +159,8 @@ class Moderation:
                 names = ", ".join(sorted({category_name(c) for c in codes}))
                 raise APIError(
                     400,
-                    f"The {self._param} was filtered by the content safety policy (Llama Guard 3 found: {names}). "
-                    f"Please modify your {self._param} and retry.",
+                    f"The prompt was filtered by the content safety policy (Llama Guard 3 found: {names}). "
+                    "Please modify your prompt and retry.",
                     param=self._param,
                     code="content_filter",
                     inner={"code": "ResponsibleAIPolicyViolation",
