@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -134,6 +134,14 @@ class Settings(BaseSettings):
         for names in value.values():
             resolve_codes(names)
         return value
+
+    @model_validator(mode="after")
+    def _guard_is_complete(self) -> Settings:
+        if self.guard == "local" and not self.guard_model:
+            raise ValueError("guard=local needs guard_model (a Llama Guard 3 directory or hub id)")
+        if self.guard == "remote" and not self.guard_url:
+            raise ValueError("guard=remote needs guard_url (the base URL of a llamaserve serving Llama Guard)")
+        return self
 
     @classmethod
     def settings_customise_sources(

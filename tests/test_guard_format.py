@@ -128,3 +128,13 @@ def test_tiny_guard_chains_start_at_the_prompts_last_token_and_end_at_eot():
     # A verdict that revisits a token cannot come out of a chain where each token has one successor.
     with pytest.raises(ValueError, match="repeats a token"):
         verdict_chain(tokenizer, "unsafe\nS1,S2")
+
+
+def test_format_module_is_pure():
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(g.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= {"__future__", "dataclasses"}, imported  # the server and the tiny guard builder share it

@@ -150,5 +150,6 @@ def test_safe_guard_checkpoint_answers_safe_through_the_real_loader(tiny_model):
         answers = asyncio.run(judge())
     finally:
         guard.shutdown()
+        del guard  # its engine is shut down now, not by a finaliser at interpreter exit
     assert answers == ["safe", "safe"]
     assert all(parse_verdict(a).safe for a in answers)

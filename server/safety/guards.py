@@ -50,8 +50,7 @@ class RemoteGuard:
 def local_guard_options(settings: Settings, main: EngineOptions) -> EngineOptions:
     """The guard engine's options: its own model, memory share and context; dtype and eager mode as the main
     engine's; one GPU (a guard model is small)."""
-    if not settings.guard_model:
-        raise ValueError("guard=local needs guard_model (a Llama Guard 3 directory or hub id)")
+    assert settings.guard_model  # Settings require it with guard=local
     return dataclasses.replace(
         main,
         model=settings.guard_model,
@@ -74,8 +73,7 @@ def start_guard(settings: Settings, main: EngineOptions) -> Guard | None:
     if settings.guard == "off":
         return None
     if settings.guard == "remote":
-        if not settings.guard_url:
-            raise ValueError("guard=remote needs guard_url (the base URL of a llamaserve serving Llama Guard)")
+        assert settings.guard_url  # Settings require it with guard=remote
         key = settings.guard_api_key.get_secret_value() if settings.guard_api_key else None
         return RemoteGuard(settings.guard_url, key, settings.guard_timeout_s)
     from engine.guard import GuardEngine
