@@ -25,8 +25,8 @@ from schemas import ChatCompletionRequest, CompletionRequest, ExtraParametersMod
 from schemas.chat import template_messages
 from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
 from server import render, sse
-from server.safety.moderation import Moderation, annotate
 from server.errors import APIError, bad_request, error_body, from_pydantic, from_validation_errors
+from server.safety.moderation import Moderation, annotate
 from server.settings import Settings
 
 if TYPE_CHECKING:

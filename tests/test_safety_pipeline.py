@@ -12,7 +12,7 @@ from server.app import start_configured_guard
 from server.safety.guards import RemoteGuard
 from server.security import key_id
 from tests.conftest import free_port
-from tests.safety_doubles import ScriptedEngine, ScriptedGuard, running, settings, sse_events
+from tests.safety_doubles import ScriptedGuard, running, settings, sse_events
 
 
 def run(coro):
