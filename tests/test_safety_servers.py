@@ -49,19 +49,25 @@ def local_server(tiny_model, unsafe_guard):
 
 
 @pytest.fixture(scope="module")
-def remote_server(tiny_model, unsafe_guard):
-    """The tiny model checking its outputs with a remote guard: a second llamaserve serving the guard model."""
+def remote_pair(tiny_model, unsafe_guard):
+    """(server, guard): the tiny model checking its outputs with a remote guard, a second llamaserve serving the
+    guard model. Fail-open, the default."""
     guard = ServerProcess(["--model", str(unsafe_guard), "--served-model-name", "llama-guard", *TINY_ENGINE, *NO_LIMITS])
     try:
         guard.wait_ready()
         srv = ServerProcess([
             "--guard", "remote", "--guard-url", guard.base_url, "--guard-check", "output",
-            "--guard-stream-interval-tokens", "4", *NO_LIMITS,
+            "--guard-stream-interval-tokens", "4", "--guard-timeout-s", "5", *NO_LIMITS,
         ]).wait_ready()
-        yield srv
+        yield srv, guard
         srv.stop()
     finally:
         guard.stop()
+
+
+@pytest.fixture()
+def remote_server(remote_pair):
+    return remote_pair[0]
 
 
 # --- a local guard blocks prompts
@@ -127,6 +133,22 @@ def test_blocked_output_openai_sdk(remote_server):
     reply = client.chat.completions.create(model="llamaserve-tiny-llama3", messages=MESSAGES, max_tokens=4)
     assert reply.choices[0].finish_reason == "content_filter"
     assert reply.choices[0].message.content == ""
+
+
+def test_dead_remote_guard_fails_open_with_content_filter_error(remote_pair):
+    srv, guard = remote_pair
+    guard.stop()  # its port is closed from now on: the module's last use of the guard
+    client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0)
+    reply = client.chat.completions.create(model="llamaserve-tiny-llama3", messages=MESSAGES, max_tokens=4,
+                                           extra_body={"ignore_eos": True})
+    choice = reply.choices[0]
+    assert choice.finish_reason == "content_filter_error"
+    assert len(choice.message.content) > 0  # served unchecked, and marked so
+    assert "unreachable" in choice.model_extra["content_filter_results"]["error"]["message"]
+    stream = client.chat.completions.create(model="llamaserve-tiny-llama3", messages=MESSAGES, max_tokens=4,
+                                            stream=True, extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason == "content_filter_error"
 
 
 # --- the safe checkpoint
