@@ -313,3 +313,20 @@ def test_guard_is_closed_at_shutdown_and_off_starts_none():
 
     assert run(scenario()).closed
     assert start_configured_guard(settings(guard="off")) is None
+
+
+def test_local_guard_engine_gets_its_own_model_memory_share_and_kv_space():
+    from engine.core import EngineOptions
+    from server.safety.guards import local_guard_options
+
+    main = EngineOptions(model="/m", served_model_name="m", dtype="bfloat16", max_model_len=65536,
+                         tensor_parallel_size=2, gpu_memory_utilization=0.7, quantization="fp8",
+                         enforce_eager=True, cpu_kvcache_space_gib=4, max_logprobs=32)
+    config = settings(guard="local", guard_model="/guard", guard_gpu_memory_utilization=0.2,
+                      guard_max_model_len=8192)
+    options = local_guard_options(config, main)
+    assert (options.model, options.gpu_memory_utilization, options.max_model_len) == ("/guard", 0.2, 8192)
+    assert options.tensor_parallel_size == 1 and options.quantization is None
+    assert (options.dtype, options.enforce_eager, options.cpu_kvcache_space_gib) == ("bfloat16", True, 4)
+    own_kv = local_guard_options(settings(guard="local", guard_model="/g", guard_cpu_kvcache_space_gib=1), main)
+    assert own_kv.cpu_kvcache_space_gib == 1
