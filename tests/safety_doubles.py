@@ -19,6 +19,7 @@ from engine.outputs import ChoiceDelta, PromptInfo, Step
 from server.app import create_app
 from server.settings import Settings
 from server.state import ServerState, state_of
+from tests import probes
 
 
 class ScriptedEngine:
@@ -119,11 +120,6 @@ async def running(
 
 
 def sse_events(body: str) -> list[dict | str]:
-    import json
-
-    events: list[dict | str] = []
-    for block in body.split("\n\n"):
-        if block.startswith("data: "):
-            data = block[len("data: "):]
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
+    """The stream's data events in order, "[DONE]" included where it came."""
+    events, done = probes.sse_events(body)
+    return [*events, *(["[DONE]"] if done else [])]

@@ -12,6 +12,7 @@ from server.app import start_configured_guard
 from server.safety.guards import RemoteGuard
 from server.security import key_id
 from tests.conftest import free_port
+from tests.probes import metric
 from tests.safety_doubles import ScriptedGuard, running, settings, sse_events
 
 
@@ -260,7 +261,7 @@ def test_dead_remote_guard_gives_the_configured_behaviour():
     assert open_reply.status_code == 200
     assert open_reply.json()["choices"][0]["finish_reason"] == "content_filter_error"
     assert "unreachable" in open_reply.json()["choices"][0]["content_filter_results"]["error"]["message"]
-    assert 'llamaserve_guard_checks_total{result="error",stage="prompt"} 1.0' in metrics
+    assert metric(metrics, "llamaserve_guard_checks_total", result="error", stage="prompt") == 1.0
     closed_reply, _ = run(scenario("closed"))
     assert closed_reply.status_code == 503 and "unreachable" in closed_reply.json()["error"]["message"]
 
@@ -295,13 +296,13 @@ def test_metrics_count_checks_blocks_and_latency():
             return (await client.get("/metrics")).text
 
     text = run(scenario())
-    assert 'llamaserve_guard_checks_total{result="unsafe",stage="prompt"} 1.0' in text
-    assert 'llamaserve_guard_checks_total{result="safe",stage="prompt"} 2.0' in text
-    assert 'llamaserve_guard_checks_total{result="unsafe",stage="output"} 1.0' in text
-    assert 'llamaserve_guard_checks_total{result="safe",stage="output"} 1.0' in text
-    assert 'llamaserve_guard_blocks_total{category="violence"} 1.0' in text
-    assert 'llamaserve_guard_blocks_total{category="hate"} 2.0' in text
-    assert 'llamaserve_guard_latency_seconds_count{stage="prompt"} 3.0' in text
+    assert metric(text, "llamaserve_guard_checks_total", result="unsafe", stage="prompt") == 1.0
+    assert metric(text, "llamaserve_guard_checks_total", result="safe", stage="prompt") == 2.0
+    assert metric(text, "llamaserve_guard_checks_total", result="unsafe", stage="output") == 1.0
+    assert metric(text, "llamaserve_guard_checks_total", result="safe", stage="output") == 1.0
+    assert metric(text, "llamaserve_guard_blocks_total", category="violence") == 1.0
+    assert metric(text, "llamaserve_guard_blocks_total", category="hate") == 2.0
+    assert metric(text, "llamaserve_guard_latency_seconds_count", stage="prompt") == 3.0
 
 
 def test_guard_is_closed_at_shutdown_and_off_starts_none():
