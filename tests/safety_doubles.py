@@ -20,34 +20,24 @@ from server.app import create_app
 from server.settings import Settings
 from server.state import ServerState, state_of
 from tests import probes
+from tests.scripted_engine import ScriptedEngine as BaseScriptedEngine
 
 
-class ScriptedEngine:
+class ScriptedEngine(BaseScriptedEngine):
+    """The shared scripted engine's interface, with word-per-token answers and counts instead of request ids."""
+
     def __init__(self) -> None:
+        super().__init__(max_model_len=4096)
         self.info = ModelInfo("scripted", "scripted", 4096, 0x110000, True, "Meta")
         self.started = 0
         self.aborted = 0
         self.tokens_made = 0
 
-    is_dead = False
-
-    def shutdown(self) -> None:
-        pass
-
-    def num_unfinished_requests(self) -> int:
-        return 0
-
-    async def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    async def encode_chat(self, messages: list[dict[str, str]], max_chars: int | None = None) -> list[int]:
         return [ord(ch) for ch in messages[-1]["content"]]
 
     async def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(ch) for ch in text]
-
-    def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
-        return "".join(chr(t) for t in token_ids)
-
-    def check_token_ids(self, token_ids: list[int], param: str) -> None:
-        pass
 
     def _words(self, prompt_ids: list[int], plan) -> list[str]:
         return [" " + w.upper() for w in self.decode(prompt_ids).split()][: plan.max_tokens]
