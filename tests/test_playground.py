@@ -250,6 +250,39 @@ def test_logprobs_shade_tokens_and_show_alternatives(browser, server):
     assert tip.is_hidden()
 
 
+def test_every_box_reaches_the_request_body(browser, server):
+    page = open_page(browser, server)
+    model = page.evaluate("page.model")
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    fill(page, temperature=0.5, top_p=0.9, top_k=40, min_p=0.05, seed=7, presence_penalty=0.1,
+         frequency_penalty=-0.2, repetition_penalty=1.1, logit_bias='{"128000": -100}', max_tokens=20, min_tokens=2,
+         stop="END\\n\nstop", stop_token_ids="128009, 128008", ignore_eos=True, skip_special_tokens=False, n=2,
+         best_of=4, length_penalty=0.8, early_stopping=True, logprobs=True, top_logprobs=3,
+         response_format="json_schema", json_schema=json.dumps(schema), tools=json.dumps(tools), tool_choice="auto")
+    page.click("#copy-curl")
+    assert sent_body(page) == {
+        "model": model, "messages": [{"role": "user", "content": "Write a haiku about llamas."}],
+        "temperature": 0.5, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "seed": 7, "presence_penalty": 0.1,
+        "frequency_penalty": -0.2, "repetition_penalty": 1.1, "logit_bias": {"128000": -100}, "max_tokens": 20,
+        "min_tokens": 2, "stop": ["END\n", "stop"], "stop_token_ids": [128009, 128008], "n": 2, "best_of": 4,
+        "length_penalty": 0.8, "ignore_eos": True, "early_stopping": True, "skip_special_tokens": False,
+        "logprobs": True, "top_logprobs": 3, "stream": False,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}},
+        "tools": tools, "tool_choice": "auto",
+    }
+    page.locator('input[name="mode"][value="completion"]').check()
+    fill(page, echo=True)
+    page.click("#copy-curl")
+    body = sent_body(page)
+    assert body["prompt"] == "Once upon a time" and body["echo"] is True and body["logprobs"] == 3
+    assert "messages" not in body and "tools" not in body and "top_logprobs" not in body
+    fill(page, logit_bias="{not json")
+    page.click("#send")
+    assert "logit_bias is not valid JSON" in page.locator("#error").text_content()
+    assert page.locator(".choice").count() == 0  # nothing was sent
+
+
 def test_prompt_tokens_with_ids_to_copy(browser, server):
     page = open_page(browser, server)
     page.locator('input[name="mode"][value="completion"]').check()
