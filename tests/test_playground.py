@@ -3,6 +3,7 @@ against the real server on the tiny model. Screenshots land in tests/artifacts/p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -88,18 +89,27 @@ def test_the_form_offers_every_field_the_api_takes():
 # --- in a real browser, on the real server
 
 
+def _browser_missing() -> str | None:
+    if not CHROMIUM:
+        return ("no chromium on PATH: `scripts/dev test` installs Debian's chromium with apt-get when run as root; "
+                "else install it yourself or set LLAMASERVE_CHROMIUM to a Chromium binary")
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright package is missing: pip install -e '.[test]'"
+    return None
+
+
+CHROMIUM = os.environ.get("LLAMASERVE_CHROMIUM") or shutil.which("chromium")
+BROWSER_MISSING = _browser_missing()
+# A mark, not a skip in the fixture, so that no server starts for tests that cannot run.
+in_browser = pytest.mark.skipif(BROWSER_MISSING is not None, reason=BROWSER_MISSING or "")
+
+
 @pytest.fixture(scope="module")
 def browser():
-    chromium = os.environ.get("LLAMASERVE_CHROMIUM") or shutil.which("chromium")
-    if not chromium:
-        pytest.skip("no chromium on PATH: `scripts/dev test` installs Debian's chromium with apt-get when run as "
-                    "root; else install it yourself or set LLAMASERVE_CHROMIUM to a Chromium binary")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright package is missing: pip install -e '.[test]'")
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         yield b
         b.close()
 
@@ -177,6 +187,7 @@ def shot(page, name):
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+@in_browser
 def test_a_streamed_chat_arrives_piece_by_piece(browser, server):
     page = open_page(browser, server)
     fill(page, max_tokens=96, ignore_eos=True, temperature=1)
@@ -197,6 +208,7 @@ def test_a_streamed_chat_arrives_piece_by_piece(browser, server):
     assert page.locator("#error").is_hidden() and page.errors == []
 
 
+@in_browser
 def test_best_of_candidates_side_by_side_and_beams(browser, server):
     page = open_page(browser, server)
     fill(page, n=2, best_of=3, temperature=1, max_tokens=8)
@@ -218,6 +230,7 @@ def test_best_of_candidates_side_by_side_and_beams(browser, server):
     shot(page, "best-of-beams-desktop-light")
 
 
+@in_browser
 def test_logprobs_shade_tokens_and_show_alternatives(browser, server):
     page = open_page(browser, server)
     fill(page, logprobs=True, top_logprobs=3, max_tokens=8, ignore_eos=True)
@@ -250,6 +263,7 @@ def test_logprobs_shade_tokens_and_show_alternatives(browser, server):
     assert tip.is_hidden()
 
 
+@in_browser
 def test_every_box_reaches_the_request_body(browser, server):
     page = open_page(browser, server)
     model = page.evaluate("page.model")
@@ -283,6 +297,7 @@ def test_every_box_reaches_the_request_body(browser, server):
     assert page.locator(".choice").count() == 0  # nothing was sent
 
 
+@in_browser
 def test_prompt_tokens_with_ids_to_copy(browser, server):
     page = open_page(browser, server)
     page.locator('input[name="mode"][value="completion"]').check()
@@ -297,6 +312,7 @@ def test_prompt_tokens_with_ids_to_copy(browser, server):
     assert copied(page, "#prompt-token-list .chip >> nth=1", f"token id {expected[1]}") == str(expected[1])
 
 
+@in_browser
 def test_copied_python_and_curl_give_the_pages_answer(browser, server, tmp_path):
     page = open_page(browser, server)
     page.locator('input[name="mode"][value="completion"]').check()
@@ -318,6 +334,26 @@ def test_copied_python_and_curl_give_the_pages_answer(browser, server, tmp_path)
         assert json.loads(out)["choices"][0]["text"] == shown
 
 
+@in_browser
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize(("device", "width", "height"), [("desktop", 1280, 900), ("phone", 390, 844)])
+def test_readable_at_desktop_and_phone_width_in_light_and_dark(browser, server, scheme, device, width, height):
+    page = open_page(browser, server, width=width, height=height, scheme=scheme)
+    fill(page, n=2, logprobs=True, top_logprobs=4, max_tokens=12, temperature=1)
+    page.click("#send")
+    finished(page, 2)
+    page.locator(".choice .tok").filter(has_text=re.compile(r"\S")).nth(1).hover()
+    shot(page, f"{device}-{scheme}")
+    assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing runs off the side
+    tip = page.locator("#token-tip").bounding_box()
+    assert tip["x"] >= 0 and tip["x"] + tip["width"] <= width
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    red = int(re.match(r"rgb\((\d+)", background).group(1))
+    assert (red < 64) if scheme == "dark" else (red > 192)
+    assert page.errors == []
+
+
+@in_browser
 def test_a_wrong_key_shows_the_401_and_the_key_stays_in_the_tab(browser, keyed):
     page = open_page(browser, keyed, wait_model=False)  # the page itself needs no key
     wait_until(page, "document.getElementById('model').textContent.includes('401')")
@@ -340,21 +376,3 @@ def test_a_wrong_key_shows_the_401_and_the_key_stays_in_the_tab(browser, keyed):
     assert page.locator("#error").is_hidden()
     other_tab = open_page(browser, keyed, wait_model=False)  # a new session starts without it
     assert other_tab.locator("#api-key").input_value() == ""
-
-
-@pytest.mark.parametrize("scheme", ["light", "dark"])
-@pytest.mark.parametrize(("device", "width", "height"), [("desktop", 1280, 900), ("phone", 390, 844)])
-def test_readable_at_desktop_and_phone_width_in_light_and_dark(browser, server, scheme, device, width, height):
-    page = open_page(browser, server, width=width, height=height, scheme=scheme)
-    fill(page, n=2, logprobs=True, top_logprobs=4, max_tokens=12, temperature=1)
-    page.click("#send")
-    finished(page, 2)
-    page.locator(".choice .tok").filter(has_text=re.compile(r"\S")).nth(1).hover()
-    shot(page, f"{device}-{scheme}")
-    assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing runs off the side
-    tip = page.locator("#token-tip").bounding_box()
-    assert tip["x"] >= 0 and tip["x"] + tip["width"] <= width
-    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
-    red = int(re.match(r"rgb\((\d+)", background).group(1))
-    assert (red < 64) if scheme == "dark" else (red > 192)
-    assert page.errors == []

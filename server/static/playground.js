@@ -547,7 +547,8 @@ function choiceView(run, index) {
   const card = el("article", { className: "choice", "ariaLabel": label },
     el("header", {}, el("h3", { textContent: label }), finish), text, tools, actions);
   card.dataset.index = index;
-  view = { card, text, finish: null, finishNode: finish, tools, toolCalls: [], plain: "", tokens: [], actions };
+  view = { card, text, finish: null, finishNode: finish, tools, toolCalls: [], plain: "", tokens: [], actions,
+    mode: run.request.mode };
   run.choices.set(index, view);
   // Cards stay in index order whatever order the stream's choices arrive in.
   const after = [...$("choices").children].find((c) => Number(c.dataset.index) > index);
@@ -605,7 +606,7 @@ function finishView(view) {
   const copy = el("button", { type: "button", className: "small", textContent: "Copy text" });
   copy.addEventListener("click", () => copyText(view.plain, "text"));
   view.actions.replaceChildren(copy);
-  if (mode() === "chat") {
+  if (view.mode === "chat") {
     const use = el("button", { type: "button", className: "small", textContent: "Add to conversation" });
     use.addEventListener("click", () => {
       addMessage("assistant", view.plain);
