@@ -18,7 +18,7 @@ from server.observability import RequestContextMiddleware
 from server.security import ApiKeyMiddleware, load_keyring, warn_if_open
 from schemas import ChatCompletionRequest, CompletionRequest
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
-from server.routes import generate, meta, tokenize
+from server.routes import generate, meta, playground, tokenize
 from server.routes.docs import document_bodies
 from server.safety.guards import Guard, start_guard
 from server.safety.moderation import Moderator
@@ -97,6 +97,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
     app.include_router(metrics.router)
     app.include_router(generate.router)
     app.include_router(tokenize.router)
+    app.include_router(playground.router)
     document_bodies(app, (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest))
     return app
 

@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0)
     shutdown_grace_s: float = Field(30, ge=0, description="drain time for in-flight requests on SIGTERM")
     log_prompts: bool = Field(False, description="include prompt and output text in access logs")
+    playground: bool = Field(True, description="serve the browser playground at /playground (false: 404)")
 
     # --- content safety (docs/SAFETY.md)
     guard: Literal["off", "local", "remote"] = Field(
