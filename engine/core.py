@@ -23,6 +23,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 
 from engine import best_of, outputs
 from engine.beam_search import beam_search
+from engine.beam_steps import EngineSteps
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
 from engine.sampling import GenerationPlan, beam_step_params, to_sampling_params
 
@@ -197,17 +198,13 @@ class LlamaEngine:
     async def _beam_search(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> outputs.Step:
         req = plan.request
         stop_ids = set(req.stop_token_ids or ()) | (set() if req.ignore_eos else self._eos_ids)
-        beams = await beam_search(
-            self._generate,
-            prompt_ids,
-            beam_step_params(plan),
-            width=plan.num_choices,
-            max_tokens=plan.max_tokens,
-            stop_ids=stop_ids,
-            length_penalty=req.length_penalty,
-            early_stopping=req.early_stopping,
-            request_id=request_id,
-        )
+        steps = EngineSteps(self._llm, prompt_ids, lambda tokens: beam_step_params(plan, tokens),
+                            request_id=request_id, max_tokens=plan.max_tokens)
+        try:
+            beams = await beam_search(steps, width=plan.num_choices, max_tokens=plan.max_tokens, stop_ids=stop_ids,
+                                      length_penalty=req.length_penalty, early_stopping=req.early_stopping)
+        finally:
+            await steps.close()
         skip_special = True if req.skip_special_tokens is None else req.skip_special_tokens
         choices = [
             outputs.ChoiceDelta(
