@@ -91,12 +91,12 @@ class EngineSteps:
     async def _step(self, generated: list[list[int]]) -> list[dict[int, Any]]:
         keys = [tuple(g) for g in generated]
         streams = [self._following.pop(k, None) for k in keys]
-        if self._following:  # running requests no live beam follows any more
-            await self._abort(list(self._following.values()))
-            self._following.clear()
         for i, stream in enumerate(streams):
             if stream is None:
                 streams[i] = await self._start(generated[i])
+        if self._following:  # running requests no live beam follows any more (after the new ones: they wait)
+            await self._abort(list(self._following.values()))
+            self._following.clear()
         results = []
         for key, stream in zip(keys, streams):
             token, alternatives = await stream.next()

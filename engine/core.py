@@ -188,10 +188,15 @@ class LlamaEngine:
         async for out in self._generate(prompt_ids, params, request_id):
             final = out
         assert final is not None and final.finished
-        choices = [_choice(c, self._tokenizer) for c in final.outputs]
-        completion_tokens = sum(len(c.token_ids) for c in choices)
+        candidates = final.outputs
+        completion_tokens = sum(len(c.token_ids) for c in candidates)
         if plan.num_choices > plan.request.n:
-            choices = best_of.pick(choices, plan.request.n)
+            # Ranked as the engine returned them: only the n kept become choices (their logprobs only if asked).
+            candidates = best_of.pick(candidates, plan.request.n)
+            if plan.num_logprobs is None:
+                for c in candidates:
+                    c.logprobs = None
+        choices = [_choice(c, self._tokenizer) for c in candidates]
         prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer))
         return outputs.Step(choices, prompt, completion_tokens, finished=True)
 
