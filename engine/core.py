@@ -204,7 +204,7 @@ class LlamaEngine:
         req = plan.request
         stop_ids = set(req.stop_token_ids or ()) | (set() if req.ignore_eos else self._eos_ids)
         steps = EngineSteps(self._llm, prompt_ids, lambda tokens: beam_step_params(plan, tokens),
-                            request_id=request_id, max_tokens=plan.max_tokens)
+                            request_id=request_id, max_tokens=plan.max_tokens, stop_ids=stop_ids)
         try:
             beams = await beam_search(steps, width=plan.num_choices, max_tokens=plan.max_tokens, stop_ids=stop_ids,
                                       length_penalty=req.length_penalty, early_stopping=req.early_stopping)
