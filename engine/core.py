@@ -184,6 +184,12 @@ class LlamaEngine:
         if plan.request.use_beam_search:
             return await self._beam_search(prompt_ids, plan, request_id)
         params = to_sampling_params(plan, stream=False)
+        # best_of: only the n kept need text. Without stop strings (matched on text) or other text options, the
+        # engine skips detokenising all k candidates and their logprob tokens; the kept ones are decoded below.
+        decode_kept = (plan.num_choices > plan.request.n and plan.num_logprobs is None and not plan.request.stop
+                       and not plan.pass_through and plan.prompt_logprobs is None)
+        if decode_kept:
+            params.detokenize = False
         final: RequestOutput | None = None
         async for out in self._generate(prompt_ids, params, request_id):
             final = out
@@ -196,6 +202,11 @@ class LlamaEngine:
             if plan.num_logprobs is None:
                 for c in candidates:
                     c.logprobs = None
+            if decode_kept:
+                for c in candidates:
+                    # As vLLM's detokenizer does: a token the engine stopped at (EOS, stop_token_ids) is not text.
+                    ids = c.token_ids[:-1] if c.finish_reason == "stop" else c.token_ids
+                    c.text = self.decode(list(ids), skip_special_tokens=params.skip_special_tokens)
         choices = [_choice(c, self._tokenizer) for c in candidates]
         prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer))
         return outputs.Step(choices, prompt, completion_tokens, finished=True)
