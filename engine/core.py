@@ -204,12 +204,21 @@ class LlamaEngine:
                     c.logprobs = None
             if decode_kept:
                 for c in candidates:
-                    # As vLLM's detokenizer does: a token the engine stopped at (EOS, stop_token_ids) is not text.
-                    ids = c.token_ids[:-1] if c.finish_reason == "stop" else c.token_ids
-                    c.text = self.decode(list(ids), skip_special_tokens=params.skip_special_tokens)
+                    c.text = self._final_text(c, params.skip_special_tokens)
         choices = [_choice(c, self._tokenizer) for c in candidates]
         prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer))
         return outputs.Step(choices, prompt, completion_tokens, finished=True)
+
+    def _final_text(self, c: CompletionOutput, skip_special_tokens: bool) -> str:
+        """The text vLLM's incremental detokenizer would have made of these tokens: without a token the engine
+        stopped at (EOS, stop_token_ids), and without trailing tokens whose bytes do not complete a character
+        (it holds those back until a later token completes them, and at the end never emits them)."""
+        ids = list(c.token_ids[:-1] if c.finish_reason == "stop" else c.token_ids)
+        text = self.decode(ids, skip_special_tokens=skip_special_tokens)
+        while ids and text.endswith("\ufffd"):
+            ids.pop()
+            text = self.decode(ids, skip_special_tokens=skip_special_tokens)
+        return text
 
     async def _beam_search(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> outputs.Step:
         req = plan.request
