@@ -184,12 +184,6 @@ class LlamaEngine:
         if plan.request.use_beam_search:
             return await self._beam_search(prompt_ids, plan, request_id)
         params = to_sampling_params(plan, stream=False)
-        # best_of: only the n kept need text. Without stop strings (matched on text) or other text options, the
-        # engine skips detokenising all k candidates and their logprob tokens; the kept ones are decoded below.
-        decode_kept = (plan.num_choices > plan.request.n and plan.num_logprobs is None and not plan.request.stop
-                       and not plan.pass_through and plan.prompt_logprobs is None)
-        if decode_kept:
-            params.detokenize = False
         final: RequestOutput | None = None
         async for out in self._generate(prompt_ids, params, request_id):
             final = out
@@ -202,23 +196,9 @@ class LlamaEngine:
             if plan.num_logprobs is None:
                 for c in candidates:
                     c.logprobs = None
-            if decode_kept:
-                for c in candidates:
-                    c.text = self._final_text(c, params.skip_special_tokens)
         choices = [_choice(c, self._tokenizer) for c in candidates]
         prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer))
         return outputs.Step(choices, prompt, completion_tokens, finished=True)
-
-    def _final_text(self, c: CompletionOutput, skip_special_tokens: bool) -> str:
-        """The text vLLM's incremental detokenizer would have made of these tokens: without a token the engine
-        stopped at (EOS, stop_token_ids), and without trailing tokens whose bytes do not complete a character
-        (it holds those back until a later token completes them, and at the end never emits them)."""
-        ids = list(c.token_ids[:-1] if c.finish_reason == "stop" else c.token_ids)
-        text = self.decode(ids, skip_special_tokens=skip_special_tokens)
-        while ids and text.endswith("\ufffd"):
-            ids.pop()
-            text = self.decode(ids, skip_special_tokens=skip_special_tokens)
-        return text
 
     async def _beam_search(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> outputs.Step:
         req = plan.request

@@ -30,12 +30,13 @@ def test_best_of_returns_the_candidate_with_the_highest_mean_logprob(client):
 
 
 @pytest.mark.parametrize("extra", [
-    {"skip_special_tokens": False, "logit_bias": {"1022": 5.0}},  # EOS (<|eot_id|>) made likely, kept as text?
+    {"skip_special_tokens": False, "logit_bias": {"1022": 5.0}},  # EOS (<|eot_id|>) made likely
     {"stop_token_ids": list(range(100, 300))},  # stops within a few tokens
     {"max_tokens": 40, "ignore_eos": True},
 ])
 def test_best_of_text_is_the_engines_text_for_that_candidate(client, extra):
-    # best_of decodes only the kept candidate itself (the engine skips detokenising all k): same text as n=k's.
+    # best_of converts only the kept candidate (without logprobs unless asked): the same text and finish as n=k's
+    # best candidate, also where the engine stopped at EOS or a stop token id.
     stops = 0
     for seed in range(4):
         base = {"max_tokens": 24, "seed": 40 + seed, "logprobs": 0, "temperature": 1.0, **extra}
