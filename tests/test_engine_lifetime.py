@@ -5,7 +5,6 @@ must fail to start."""
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 
