@@ -25,6 +25,7 @@ from engine import best_of, outputs
 from engine.beam_search import beam_search
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
 from engine.sampling import GenerationPlan, beam_step_params, to_sampling_params
+from engine.tool_format import detect as detect_tool_format
 
 log = logging.getLogger("llamaserve.engine")
 
@@ -62,6 +63,7 @@ class ModelInfo:
     vocab_size: int
     is_chat: bool
     provider: str
+    tool_call_format: str = "llama3_json"
 
 
 class LlamaEngine:
@@ -111,6 +113,7 @@ class LlamaEngine:
             vocab_size=model_config.get_vocab_size(),
             is_chat=bool(chat_template or getattr(tokenizer, "chat_template", None)),
             provider=_provider(options.model, model_config.hf_config),
+            tool_call_format=detect_tool_format(model_config.hf_config, chat_template or getattr(tokenizer, "chat_template", None)),
         )
         return cls(llm, info, chat_template)
 
@@ -140,11 +143,11 @@ class LlamaEngine:
             return await asyncio.to_thread(self._encode, text, add_special_tokens)
         return self._encode(text, add_special_tokens)
 
-    async def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    async def encode_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         def render() -> list[int]:
             try:
                 text = self._tokenizer.apply_chat_template(
-                    messages, chat_template=self._chat_template, add_generation_prompt=True, tokenize=False
+                    messages, tools=tools, chat_template=self._chat_template, add_generation_prompt=True, tokenize=False
                 )
             except Exception as exc:  # template errors are the caller's conversation shape, e.g. bad role order
                 raise InvalidGenerationRequest(f"messages do not fit the chat template: {exc}", "messages") from exc

@@ -40,6 +40,8 @@ class GenerationPlan:
     num_logprobs: int | None  # top-k asked for by the client, None for none
     prompt_logprobs: int | None = None  # echo with logprobs
     pass_through: dict[str, Any] | None = None
+    # A JSON schema the output must match, decided by the server (a forced tool call); overrides response_format.
+    output_schema: dict[str, Any] | None = None
 
 
 def to_sampling_params(plan: GenerationPlan, *, stream: bool) -> SamplingParams:
@@ -66,7 +68,7 @@ def to_sampling_params(plan: GenerationPlan, *, stream: bool) -> SamplingParams:
         logprobs=logprobs,
         prompt_logprobs=plan.prompt_logprobs,
         logit_bias=_logit_bias(req.logit_bias),
-        structured_outputs=_structured_outputs(req),
+        structured_outputs=_structured_outputs(req, plan.output_schema),
         output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         # Made fresh for each engine request, so vLLM's defensive deep copy per request is not needed.
         skip_clone=True,
@@ -94,7 +96,9 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
         raise InvalidGenerationRequest("logit_bias keys must be token ids", "logit_bias") from exc
 
 
-def _structured_outputs(req: GenerationRequest) -> StructuredOutputsParams | None:
+def _structured_outputs(req: GenerationRequest, schema: dict[str, Any] | None) -> StructuredOutputsParams | None:
+    if schema is not None:
+        return StructuredOutputsParams(json=schema)
     fmt = req.response_format
     if fmt is None or fmt.type == "text":
         return None

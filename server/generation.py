@@ -27,6 +27,7 @@ from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
 from server import render, sse
 from server.errors import APIError, bad_request, error_body, from_pydantic, from_validation_errors
 from server.settings import Settings
+from server.tools import plan as tools
 
 if TYPE_CHECKING:
     from server.metrics import Trace
@@ -164,7 +165,8 @@ def _max_tokens(req: GenerationRequest, prompt_len: int, context: int, prompt_pa
 
 
 def _plan(req, settings: Settings, engine: LlamaEngine, prompts: list[list[int]], prompt_param: str,
-          default_max: int | None, num_logprobs: int | None, prompt_logprobs: int | None = None) -> GenerationPlan:
+          default_max: int | None, num_logprobs: int | None, prompt_logprobs: int | None = None,
+          output_schema: dict[str, Any] | None = None) -> GenerationPlan:
     num_choices = _choices_and_limits(req, settings, num_logprobs)
     if req.stop_token_ids:
         engine.check_token_ids(req.stop_token_ids, "stop_token_ids")
@@ -182,6 +184,7 @@ def _plan(req, settings: Settings, engine: LlamaEngine, prompts: list[list[int]]
         num_logprobs=num_logprobs,
         prompt_logprobs=prompt_logprobs,
         pass_through=req.extra_fields() or None,
+        output_schema=output_schema,
     )
 
 
@@ -194,10 +197,14 @@ async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings
     check_model(req.model, engine)
     if not engine.info.is_chat:
         raise bad_request("this model has no chat template; use the completions route", "messages")
-    prompt = await engine.encode_chat(template_messages(req.messages))
+    fmt = engine.info.tool_call_format if settings.tool_call_format == "auto" else settings.tool_call_format
+    tool_plan = tools.resolve(req, fmt)
+    messages = tools.for_template(template_messages(req.messages), fmt)
+    prompt = await engine.encode_chat(messages, tool_plan.template_tools if tool_plan else None)
     k = req.num_logprobs()
-    plan = _plan(req, settings, engine, [prompt], "messages", None, k)
-    return _job(req, render.ChatFlavor(top_k=k), [prompt], plan)
+    plan = _plan(req, settings, engine, [prompt], "messages", None, k,
+                 output_schema=tool_plan.schema if tool_plan else None)
+    return _job(req, render.ChatFlavor(top_k=k, tools=tool_plan), [prompt], plan)
 
 
 async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
@@ -280,7 +287,7 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
     # The per-token frame of a one-choice stream without logprobs, rendered once: only the text changes.
     text_frame = None
     last = b""
-    if job.total_choices == 1 and job.plan.num_logprobs is None and not every_usage:
+    if job.total_choices == 1 and job.plan.num_logprobs is None and not every_usage and flavor.plain_text_deltas:
         probe = flavor.delta_choice(ChoiceDelta(0, sse.SLOT, [], None), render.ChoiceState())
         text_frame = sse.FrameTemplate({**head, "choices": [probe]})
     try:
@@ -296,10 +303,15 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
             choices = []
             for c in step.choices:
                 c.index += p_idx * n
-                choices.append(flavor.delta_choice(c, state.of(c.index)))
+                choices += flavor.delta_choices(c, state.of(c.index))
                 finished += c.finish_reason is not None
             completion_tokens[p_idx] = step.completion_tokens
-            chunk = {**head, "choices": choices}
+            groups = render.chunk_groups(choices)
+            if not groups:
+                continue  # text held back until it is known to be a tool call or content
+            for group in groups[:-1]:
+                yield sse.frame({**head, "choices": group})
+            chunk = {**head, "choices": groups[-1]}
             if every_usage or (finished == job.total_choices and include_usage):
                 chunk["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(completion_tokens))
             if finished == job.total_choices:

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     max_best_of: int = Field(16, ge=1, description="largest best_of / beam width accepted")
     max_logprobs: int = Field(20, ge=0, description="largest logprobs / top_logprobs accepted")
 
+    # --- tool calling
+    tool_call_format: Literal["auto", "llama3_json", "pythonic", "llama4_pythonic"] = Field(
+        "auto", description="how the model writes tool calls; auto: read from its config and chat template"
+    )
+
     # --- security and protection
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="accepted API keys, comma-separated (primary,secondary)"
