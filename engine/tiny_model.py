@@ -60,7 +60,7 @@ CHAT_TEMPLATE = r"""{{- bos_token }}
             {%- set ns.tools_listed = true %}
             {%- set listing = namespace(text='Given the following functions, please respond with a JSON for a function call with its proper arguments that best answers the given prompt.\n\nRespond in the format {"name": function name, "parameters": dictionary of argument name and its value}. Do not use variables.\n\n') %}
             {%- for t in tools %}
-                {%- set listing.text = listing.text + (t | tojson(indent=4)) + '\n\n' %}
+                {%- set listing.text = listing.text + (t | tojson) + '\n\n' %}
             {%- endfor %}
             {%- set content = listing.text + content %}
         {%- endif %}
