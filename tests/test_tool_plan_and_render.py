@@ -218,6 +218,18 @@ def test_forced_stream_sends_arguments_as_generated():
     assert deltas[-1] == {"index": 0, "delta": {}, "finish_reason": "tool_calls", "logprobs": None}
 
 
+def test_logprobs_of_held_back_tokens_travel_with_the_next_chunk():
+    from engine.outputs import TokenLogprob
+
+    f = render.ChatFlavor(top_k=0, tools=resolve(tools=[WEATHER]))
+    state = render.ChoiceState()
+    lp = lambda t: [TokenLogprob(t, 1, -0.5, [])]  # noqa: E731
+    assert f.delta_choices(ChoiceDelta(0, "{", [1], lp("{")), state) == []  # held: it may open a call
+    [out] = f.delta_choices(ChoiceDelta(0, "x", [2], lp("x")), state)
+    assert out["delta"] == {"content": "{x"}
+    assert [t["token"] for t in out["logprobs"]["content"]] == ["{", "x"]
+
+
 def test_plain_flavor_keeps_its_one_delta_per_step():
     plain = render.ChatFlavor()
     assert plain.plain_text_deltas and not flavor().plain_text_deltas

@@ -28,6 +28,8 @@ from azure.ai.inference.models import (
 )
 from azure.core.credentials import AzureKeyCredential
 
+from tests.sse_client import read_events
+
 MODEL = "llamaserve-tiny-llama3"
 WEATHER_PARAMS = {
     "type": "object",
@@ -80,6 +82,26 @@ def test_required_gives_a_call_that_matches_its_schema(oai, seed):
     assert call.type == "function" and call.id.startswith("call_")
     assert call.function.name in PARAMS
     assert_valid(call.function.name, call.function.arguments)
+
+
+def test_every_choice_gets_its_call(client):
+    body = client.post("/v1/chat/completions", json={"messages": ASK, "tools": [WEATHER, TIME], "n": 2,
+                                                     "tool_choice": "required", "max_tokens": ROOM}).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    for choice in body["choices"]:
+        [call] = choice["message"]["tool_calls"]
+        assert_valid(call["function"]["name"], call["function"]["arguments"])
+    events, done = read_events(client, "/v1/chat/completions", {
+        "messages": ASK, "tools": [WEATHER, TIME], "n": 2, "tool_choice": "required", "max_tokens": ROOM,
+        "stream": True})
+    assert done and events[-1]["usage"]["completion_tokens"] > 0
+    for index in (0, 1):
+        mine = [c for e in events for c in e["choices"] if c["index"] == index]
+        calls = [tc for c in mine for tc in c["delta"].get("tool_calls", ())]
+        assert calls[0]["function"]["name"] in PARAMS and calls[0]["id"]
+        assert_valid(calls[0]["function"]["name"], "".join(tc["function"]["arguments"] for tc in calls))
+        assert [c["finish_reason"] for c in mine if c["finish_reason"]] == ["tool_calls"]
+    assert all(len({c["index"] for c in e["choices"]}) == len(e["choices"]) for e in events)
 
 
 def test_named_function_is_the_one_called(oai):
@@ -141,7 +163,7 @@ def test_round_trip_call_result_next_turn(oai):
     call = assistant.tool_calls[0]
     history = [
         *ASK,
-        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        assistant.model_dump(exclude_none=True),  # the SDK's message goes back as it came
         {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 21})},
     ]
     second = oai.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER], max_tokens=8)

@@ -110,10 +110,16 @@ class CallParser:
         self._pos = 0  # everything before it has been decided
         self._held = ""  # separators not yet known to be content
         self._calls = 0
+        self._scan: _Scan | None = None  # the bracket scan of the candidate being held
 
     def feed(self, text: str) -> list[Event]:
         self._text += text
         return self._advance(final=False)
+
+    def _closing(self, pos: int, quotes: str) -> int | None:
+        if self._scan is None or self._scan.start != pos:
+            self._scan = _Scan(pos, pos)
+        return _closing(self._text, self._scan, quotes)
 
     def finish(self) -> list[Event]:
         events = self._advance(final=True)
@@ -212,7 +218,7 @@ class CallParser:
             return _NotACall(pos + 1)
         if key not in _CALL_KEYS:
             return _NotACall(pos + 1)
-        end = _closing(text, pos, '"')
+        end = self._closing(pos, '"')
         if end is None:
             return _NotACall(pos + 1) if final else _UNDECIDED
         call = _json_call(text[pos:end], self._names)
@@ -225,7 +231,7 @@ class CallParser:
             if not final and _CALL_HEAD_PREFIX.fullmatch(text, pos):
                 return _UNDECIDED
             return _NotACall(pos + 1)
-        end = _closing(text, pos, "\"'")
+        end = self._closing(pos, "\"'")
         if end is None:
             return _NotACall(pos + 1) if final else _UNDECIDED
         calls = _pythonic_calls(text[pos:end], self._names)
@@ -322,10 +328,21 @@ def _string_end(text: str, i: int) -> int | None:
     return None
 
 
-def _closing(text: str, i: int, quotes: str) -> int | None:
-    """Index after the bracket opening at text[i] closes (strings skipped), or None when it has not closed yet."""
-    depth, quote, escaped = 0, None, False
-    for j in range(i, len(text)):
+@dataclass(slots=True)
+class _Scan:
+    """Where a bracket scan stopped, so that the next piece of text resumes it instead of starting over."""
+
+    start: int
+    at: int
+    depth: int = 0
+    quote: str | None = None
+    escaped: bool = False
+
+
+def _closing(text: str, scan: _Scan, quotes: str) -> int | None:
+    """Index after the bracket opening at scan.start closes (strings skipped), or None when it has not closed yet."""
+    depth, quote, escaped = scan.depth, scan.quote, scan.escaped
+    for j in range(scan.at, len(text)):
         ch = text[j]
         if quote is not None:
             if escaped:
@@ -342,6 +359,7 @@ def _closing(text: str, i: int, quotes: str) -> int | None:
             depth -= 1
             if depth == 0:
                 return j + 1
+    scan.at, scan.depth, scan.quote, scan.escaped = len(text), depth, quote, escaped
     return None
 
 
