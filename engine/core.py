@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMError
 from vllm.inputs.engine import tokens_input
@@ -53,9 +52,6 @@ class EngineOptions:
     cpu_kvcache_space_gib: int | None = None
     seed: int = 0
     max_logprobs: int = 20
-    # Structured output (json schemas, forced tool calls) without free whitespace: a model with random weights
-    # otherwise writes blanks until max_tokens.
-    compact_json: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,7 +100,6 @@ class LlamaEngine:
             max_logprobs=options.max_logprobs,
             # Sampling defaults come from the API contract, not from the checkpoint's generation_config.
             generation_config="vllm",
-            **({"structured_outputs_config": StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)} if options.compact_json else {}),
             **options.extra,
         )
         llm = AsyncLLM.from_engine_args(args)

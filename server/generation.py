@@ -20,7 +20,7 @@ from starlette.responses import Response
 from engine.core import LlamaEngine
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
 from engine.outputs import ChoiceDelta, Step
-from engine.sampling import PASS_THROUGH_FIELDS, GenerationPlan, validate_pass_through
+from engine.sampling import PASS_THROUGH_FIELDS, GenerationPlan, llama_json_grammar, validate_pass_through
 from schemas import ChatCompletionRequest, CompletionRequest, ExtraParametersMode, GenerationRequest
 from schemas.chat import template_messages
 from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
@@ -184,7 +184,7 @@ def _plan(req, settings: Settings, engine: LlamaEngine, prompts: list[list[int]]
         num_logprobs=num_logprobs,
         prompt_logprobs=prompt_logprobs,
         pass_through=req.extra_fields() or None,
-        output_schema=output_schema,
+        output_grammar=None if output_schema is None else llama_json_grammar(output_schema),
     )
 
 

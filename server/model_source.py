@@ -11,7 +11,7 @@ from server.settings import Settings
 AZUREML_MODEL_DIR = "AZUREML_MODEL_DIR"
 TINY_MODEL_NAME = "llamaserve-tiny-llama3"
 # The tiny model runs anywhere, CPU-only laptops included; these apply unless settings name other values.
-TINY_MODEL_ENGINE_DEFAULTS = {"enforce_eager": True, "cpu_kvcache_space_gib": 1, "dtype": "bfloat16", "compact_json": True}
+TINY_MODEL_ENGINE_DEFAULTS = {"enforce_eager": True, "cpu_kvcache_space_gib": 1, "dtype": "bfloat16"}
 
 
 @dataclass(frozen=True)

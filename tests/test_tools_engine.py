@@ -255,3 +255,16 @@ def test_openai_sdk_raises_on_an_undeclared_named_function(oai):
     with pytest.raises(openai.BadRequestError, match="get_time"):
         oai.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER],
                                     tool_choice={"type": "function", "function": {"name": "get_time"}})
+
+
+@pytest.mark.parametrize("parameters", [
+    {"type": "object", "properties": {"a": {"type": "no-such-type"}}},
+    {"type": "object", "properties": "not an object"},
+    {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}},
+])
+def test_a_schema_the_grammar_cannot_take_is_a_400_and_the_server_lives(client, parameters):
+    tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+    resp = client.post("/v1/chat/completions", json={"messages": ASK, "tools": [tool], "tool_choice": "required",
+                                                     "max_tokens": 8})
+    assert resp.status_code == 400, resp.text
+    assert client.post("/v1/chat/completions", json={"messages": ASK, "max_tokens": 2}).status_code == 200
