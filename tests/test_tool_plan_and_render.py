@@ -241,3 +241,46 @@ def test_chunk_groups_hold_each_choice_once():
     a0, a1, b0 = ({"index": 0, "k": 1}, {"index": 0, "k": 2}, {"index": 1, "k": 3})
     assert render.chunk_groups([a0, b0, a1]) == [[a0, b0], [a1]]
     assert render.chunk_groups([]) == []
+
+
+# --- prepare_chat: what reaches the template and the engine (a recording engine, no vLLM)
+
+
+class RecordingEngine:
+    def __init__(self, tool_call_format: str = "llama3_json"):
+        self.info = SimpleNamespace(name="m", path="m", is_chat=True, max_model_len=1024,
+                                    tool_call_format=tool_call_format)
+        self.calls: list[tuple] = []
+
+    async def encode_chat(self, messages, tools=None):
+        self.calls.append((messages, tools))
+        return [1, 2, 3]
+
+
+def prepare(engine, settings_fields=None, **fields):
+    import asyncio
+
+    from server.generation import prepare_chat
+    from server.settings import Settings
+
+    return asyncio.run(prepare_chat(request(**fields), engine, Settings(**(settings_fields or {}))))
+
+
+def test_the_tool_call_format_setting_overrides_the_models(clean_env):
+    assert prepare(RecordingEngine("pythonic"), tools=[WEATHER]).flavor.tools.format == "pythonic"
+    job = prepare(RecordingEngine("pythonic"), {"tool_call_format": "llama3_json"}, tools=[WEATHER])
+    assert job.flavor.tools.format == "llama3_json"
+
+
+def test_prepare_gives_the_template_the_tools_and_split_history(clean_env):
+    engine = RecordingEngine()
+    calls = [{"id": f"c{i}", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}} for i in (0, 1)]
+    job = prepare(engine, tools=[WEATHER], messages=[*ASK, {"role": "assistant", "tool_calls": calls}])
+    messages, given_tools = engine.calls[-1]
+    assert given_tools == [WEATHER]
+    assert [len(m.get("tool_calls", ())) for m in messages] == [0, 1, 1]
+    assert job.plan.output_grammar is None  # auto: the model is free
+    prepare(engine, tools=[WEATHER], tool_choice="none")
+    assert engine.calls[-1][1] is None  # none: the model is not shown the tools
+    forced = prepare(engine, tools=[WEATHER], tool_choice="required")
+    assert "get_weather" in forced.plan.output_grammar
