@@ -284,3 +284,56 @@ def test_prepare_gives_the_template_the_tools_and_split_history(clean_env):
     assert engine.calls[-1][1] is None  # none: the model is not shown the tools
     forced = prepare(engine, tools=[WEATHER], tool_choice="required")
     assert "get_weather" in forced.plan.output_grammar
+
+
+class ScriptedEngine(RecordingEngine):
+    """Streams a fixed answer, one piece per engine step, for each choice."""
+
+    def __init__(self, pieces: list[str], **kw):
+        super().__init__(**kw)
+        self.pieces = pieces
+
+    async def stream(self, prompt_ids, plan, request_id):
+        from engine.outputs import PromptInfo, Step
+
+        for i, piece in enumerate(self.pieces):
+            last = i == len(self.pieces) - 1
+            choices = [ChoiceDelta(k, piece, [i], None, "stop" if last else None) for k in range(plan.request.n)]
+            yield Step(choices, PromptInfo(prompt_ids), (i + 1) * plan.request.n, last)
+
+
+def frames(engine, **fields) -> list[dict]:
+    import asyncio
+
+    from server.generation import _frames
+
+    job = prepare(engine, stream=True, **fields)
+
+    async def read():
+        return b"".join([f async for f in _frames(job, engine)])
+
+    raw = asyncio.run(read()).decode()
+    blocks = [b[len("data: "):] for b in raw.split("\n\n") if b]
+    assert blocks[-1] == "[DONE]"
+    return [json.loads(b) for b in blocks[:-1]]
+
+
+def test_auto_stream_through_the_framing(clean_env):
+    text = 'Let me see. {"name": "get_weather", "parameters": {"city": "Paris"}}'
+    events = frames(ScriptedEngine([text[i:i + 3] for i in range(0, len(text), 3)]), tools=[WEATHER], n=2)
+    for index in (0, 1):
+        mine = [c for e in events for c in e["choices"] if c["index"] == index]
+        assert mine[0]["delta"] == {"role": "assistant", "content": ""}
+        assert "".join(c["delta"].get("content") or "" for c in mine) == "Let me see."
+        calls = [tc for c in mine for tc in c["delta"].get("tool_calls", ())]
+        assert calls[0]["function"] == {"name": "get_weather", "arguments": ""} and calls[0]["id"]
+        assert "".join(tc["function"]["arguments"] for tc in calls) == '{"city": "Paris"}'
+        assert [c["finish_reason"] for c in mine if c["finish_reason"]] == ["tool_calls"]
+    assert all(len({c["index"] for c in e["choices"]}) == len(e["choices"]) for e in events)
+    assert events[-1]["usage"]["completion_tokens"] > 0 and all("usage" not in e for e in events[:-1])
+
+
+def test_plain_stream_is_unchanged_by_tools_support(clean_env):
+    events = frames(ScriptedEngine(["{", '"a": 1}']))
+    assert [e["choices"][0]["delta"] for e in events] == [{"role": "assistant", "content": ""}, {"content": "{"},
+                                                         {"content": '"a": 1}'}]
