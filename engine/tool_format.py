@@ -14,7 +14,7 @@ def detect(hf_config: Any, chat_template: str | None) -> str:
     template = chat_template or ""
     if getattr(hf_config, "model_type", "") == "llama4" or "<|python_start|>" in template or "<|header_start|>" in template:
         return "llama4_pythonic"
-    rope = getattr(hf_config, "rope_scaling", None) or {}
+    rope = getattr(hf_config, "rope_scaling", None) or getattr(hf_config, "rope_parameters", None) or {}
     if isinstance(rope, dict) and rope.get("factor") == 32.0 and rope.get("rope_type", rope.get("type")) == "llama3":
         return "pythonic"
     return "llama3_json"

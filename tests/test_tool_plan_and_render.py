@@ -62,6 +62,11 @@ def test_named_function_forces_that_function():
     assert plan.template_tools == [WEATHER, TIME]  # the model still sees every tool
 
 
+def test_arguments_are_an_object_even_when_the_schema_leaves_the_type_open():
+    loose = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    assert resolve(tools=[loose], tool_choice="required").schema["properties"]["parameters"] == {"type": "object"}
+
+
 def test_an_explicit_additional_properties_is_kept():
     open_tool = {"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {}, "additionalProperties": True}}}
@@ -149,6 +154,18 @@ def test_format_detection():
     assert detect(SimpleNamespace(model_type="llama4"), None) == "llama4_pythonic"
     assert detect(llama31, "<|header_start|>{{ m }}<|header_end|>") == "llama4_pythonic"
     assert detect(SimpleNamespace(model_type="llama", rope_scaling=None), None) == "llama3_json"
+
+
+def test_format_detection_on_real_llama_configs():
+    from transformers import LlamaConfig
+
+    def config(factor: float) -> LlamaConfig:  # as in Meta's config.json files
+        return LlamaConfig(max_position_embeddings=131072, rope_scaling={
+            "factor": factor, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192, "rope_type": "llama3"})
+
+    assert detect(config(32.0), None) == "pythonic"  # Llama 3.2 1B / 3B
+    assert detect(config(8.0), None) == "llama3_json"  # Llama 3.1 8B, 3.3 70B
 
 
 # --- response shapes

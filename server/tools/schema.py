@@ -17,7 +17,11 @@ NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 
 def parameters_of(tool: Tool) -> dict[str, Any]:
-    return tool.function.parameters if tool.function.parameters is not None else NO_PARAMETERS
+    params = tool.function.parameters
+    if params is None:
+        return NO_PARAMETERS
+    # Arguments are an object even when the schema leaves the type open (`{}` would allow `"parameters": 5`).
+    return params if "type" in params else {"type": "object", **params}
 
 
 def call_schema(tools: list[Tool]) -> dict[str, Any]:
