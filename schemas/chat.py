@@ -68,7 +68,7 @@ class ChatCompletionRequest(GenerationRequest):
     logprobs: bool | Annotated[int, Field(ge=0)] | None = None
     top_logprobs: Annotated[int, Field(ge=0)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    tools: list[Tool] | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None  # OpenAI accepts up to 128
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
 

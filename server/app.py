@@ -6,14 +6,16 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from engine.core import EngineOptions, LlamaEngine
 from server import errors, metrics, model_source
+from server.lifecycle import MODEL_LOAD_EXIT_CODE
 from server.limits import BodyLimitMiddleware
 from server.observability import RequestContextMiddleware
-from server.security import ApiKeyMiddleware, KeyRing, warn_if_open
+from server.security import ApiKeyMiddleware, load_keyring, warn_if_open
 from schemas import ChatCompletionRequest, CompletionRequest
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
 from server.routes import generate, meta, tokenize
@@ -39,16 +41,22 @@ def engine_options(settings: Settings) -> EngineOptions:
 
 
 def start_engine(settings: Settings) -> LlamaEngine:
-    return LlamaEngine.start(engine_options(settings))
+    options = engine_options(settings)
+    # vLLM would take a missing directory for a hub id and say only that the id is malformed.
+    if options.model.startswith(("/", "./", "../", "~")) and not Path(options.model).expanduser().exists():
+        raise FileNotFoundError(f"the model directory {options.model} does not exist")
+    return LlamaEngine.start(options)
 
 
 async def _load(state: ServerState, factory: EngineFactory) -> None:
     try:
         state.engine = await asyncio.to_thread(factory, state.settings)
         log.info("model %s ready", state.engine.info.name)
-    except Exception as exc:  # the server stays up to report it on /health and /ready
-        log.exception("the model failed to load")
-        state.load_error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a server without its model serves nothing: exit so that the failure shows
+        state.load_error = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever vLLM's message
+        log.debug("the model failed to load", exc_info=True)
+        log.critical("the model failed to load, exiting with code %d: %s", MODEL_LOAD_EXIT_CODE, state.load_error)
+        state.lifecycle.exit_now(MODEL_LOAD_EXIT_CODE)
 
 
 def create_app(settings: Settings, engine_factory: EngineFactory = start_engine) -> FastAPI:
@@ -80,15 +88,10 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine)
 
 def _protect(app: FastAPI, state: ServerState) -> None:
     """Outermost first: request id and access log, then the key check, then the body size limit."""
-    keys = KeyRing(settings_keys(state.settings))
+    keys = load_keyring(state.settings)  # keys asked for but none given: refuses, never serves open
     warn_if_open(keys)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=state.settings.max_request_bytes, timeout_s=state.settings.body_timeout_s
+    )
     app.add_middleware(ApiKeyMiddleware, state=state, keys=keys)
     app.add_middleware(RequestContextMiddleware, state=state)  # added last: runs first
-
-
-def settings_keys(settings: Settings) -> list[str]:
-    try:
-        return settings.all_api_keys()
-    except OSError as exc:  # a missing secret must stop the start, not open the server
-        raise RuntimeError(f"cannot read api_key_file {settings.api_key_file}: {exc}") from exc

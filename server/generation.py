@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine.core import LlamaEngine
-from engine.errors import EngineUnavailable, InvalidGenerationRequest
+from engine.errors import EngineError, EngineFailure, InvalidGenerationRequest
 from engine.outputs import ChoiceDelta, Step
 from engine.sampling import PASS_THROUGH_FIELDS, GenerationPlan, llama_json_grammar, validate_pass_through
 from schemas import ChatCompletionRequest, CompletionRequest, ExtraParametersMode, GenerationRequest
@@ -55,7 +55,7 @@ class Job:
 # --- validate
 
 
-def parse_body(raw: bytes, model: type[BodyModel]) -> BodyModel:
+def parse_body(raw: bytes, model: type[BodyModel], settings: Settings | None = None) -> BodyModel:
     """Bodies are parsed here rather than by FastAPI, so that every failure takes the documented error shape."""
     try:
         body = orjson.loads(raw)
@@ -63,14 +63,38 @@ def parse_body(raw: bytes, model: type[BodyModel]) -> BodyModel:
         raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    if settings is not None:
+        _check_counts(body, settings)
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         raise from_pydantic(exc) from exc
 
 
-def parse_request(raw: bytes, model: type[GenerationRequest], extra_header: str | None) -> GenerationRequest:
-    req = parse_body(raw, model)
+def _check_counts(body: dict[str, Any], settings: Settings) -> None:
+    """Counts checked before validation, whose cost grows with them (a second per ~100k items)."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and len(messages) > settings.max_chat_messages:
+        raise bad_request(f"messages has {len(messages)} items, more than the limit of {settings.max_chat_messages}",
+                          "messages", "too_many_messages")
+    prompt = body.get("prompt")
+    # A list of token ids is one prompt, however long; any other list is a list of prompts.
+    if isinstance(prompt, list) and len(prompt) > settings.max_prompts_per_request and not all(
+        type(t) is int for t in prompt
+    ):
+        raise bad_request(f"prompt has {len(prompt)} prompts, more than the limit of "
+                          f"{settings.max_prompts_per_request} per request", "prompt", "too_many_prompts")
+
+
+def check_prompt_chars(chars: int, settings: Settings, param: str) -> None:
+    if chars > settings.max_prompt_chars:
+        raise bad_request(f"{param} holds {chars} characters of text, more than the limit of "
+                          f"{settings.max_prompt_chars} per request", param, "prompt_too_large")
+
+
+def parse_request(raw: bytes, model: type[GenerationRequest], extra_header: str | None,
+                  settings: Settings | None = None) -> GenerationRequest:
+    req = parse_body(raw, model, settings)
     _apply_extra_parameters(req, extra_header)
     return req
 
@@ -164,10 +188,23 @@ def _max_tokens(req: GenerationRequest, prompt_len: int, context: int, prompt_pa
     return req.max_tokens
 
 
+def _fan_out(req: GenerationRequest, settings: Settings, num_prompts: int, num_logprobs: int | None) -> int:
+    """Candidates per prompt, once the request's engine sequences (prompts x candidates) are known to fit."""
+    num_choices = _choices_and_limits(req, settings, num_logprobs)
+    if num_prompts * num_choices > settings.max_sequences_per_request:
+        param = "prompt" if num_prompts > 1 else ("best_of" if num_choices > req.n else "n")
+        raise bad_request(
+            f"{num_prompts} prompt(s) x {num_choices} candidates would start {num_prompts * num_choices} engine "
+            f"sequences, more than the limit of {settings.max_sequences_per_request} per request",
+            param, "too_many_sequences",
+        )
+    return num_choices
+
+
 def _plan(req, settings: Settings, engine: LlamaEngine, prompts: list[list[int]], prompt_param: str,
           default_max: int | None, num_logprobs: int | None, prompt_logprobs: int | None = None,
           output_schema: dict[str, Any] | None = None) -> GenerationPlan:
-    num_choices = _choices_and_limits(req, settings, num_logprobs)
+    num_choices = _fan_out(req, settings, len(prompts), num_logprobs)
     if req.stop_token_ids:
         engine.check_token_ids(req.stop_token_ids, "stop_token_ids")
     if req.logit_bias:
@@ -197,11 +234,18 @@ async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings
     check_model(req.model, engine)
     if not engine.info.is_chat:
         raise bad_request("this model has no chat template; use the completions route", "messages")
+    if req.top_logprobs is not None and req.logprobs is not True:
+        raise bad_request("top_logprobs requires logprobs: true", "top_logprobs")
+    if req.top_logprobs is not None and req.top_logprobs > settings.max_logprobs:
+        raise bad_request(f"top_logprobs must be at most {settings.max_logprobs}", "top_logprobs")
+    k = req.num_logprobs()
+    _fan_out(req, settings, 1, k)  # before the prompt is built: refuse what cannot run before doing work for it
     fmt = engine.info.tool_call_format if settings.tool_call_format == "auto" else settings.tool_call_format
     tool_plan = tools.resolve(req, fmt)
     messages = tools.for_template(template_messages(req.messages), fmt)
-    prompt = await engine.encode_chat(messages, tool_plan.template_tools if tool_plan else None)
-    k = req.num_logprobs()
+    check_prompt_chars(sum(len(m["content"]) for m in messages), settings, "messages")
+    prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars,
+                                      tools=tool_plan.template_tools if tool_plan else None)
     plan = _plan(req, settings, engine, [prompt], "messages", None, k,
                  output_schema=tool_plan.schema if tool_plan else None)
     return _job(req, render.ChatFlavor(top_k=k, tools=tool_plan), [prompt], plan)
@@ -211,14 +255,20 @@ async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settin
     check_model(req.model, engine)
     if req.suffix:
         raise bad_request("suffix is not supported: Llama models do not fill in the middle", "suffix")
+    k = req.num_logprobs()
+    given = req.prompts()
+    if len(given) > settings.max_prompts_per_request:
+        raise bad_request(f"prompt has {len(given)} prompts, more than the limit of "
+                          f"{settings.max_prompts_per_request} per request", "prompt", "too_many_prompts")
+    _fan_out(req, settings, len(given), k)
+    check_prompt_chars(sum(len(p) for p in given if isinstance(p, str)), settings, "prompt")
     prompts: list[list[int]] = []
-    for p in req.prompts():
+    for p in given:
         if isinstance(p, str):
             prompts.append(await engine.encode_text(p))
         else:
             engine.check_token_ids(p, "prompt")
             prompts.append(p)
-    k = req.num_logprobs()
     echo_logprobs = k if (req.echo and k is not None) else None
     plan = _plan(req, settings, engine, prompts, "prompt", DEFAULT_COMPLETION_MAX_TOKENS, k, echo_logprobs)
     echo_texts = None
@@ -318,7 +368,7 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
                 last = sse.frame(chunk)  # nothing follows it but [DONE]: both go in one write
             else:
                 yield sse.frame(chunk)
-    except (EngineUnavailable, InvalidGenerationRequest) as exc:
+    except EngineError as exc:
         # Headers are gone already: the error travels as an event, which OpenAI SDKs raise as an exception.
         last = sse.frame(error_body(engine_error(exc)))
     yield last + sse.DONE
@@ -382,5 +432,9 @@ async def _disconnected(request: Request) -> None:
 def engine_error(exc: Exception) -> APIError:
     if isinstance(exc, InvalidGenerationRequest):
         return bad_request(exc.message, exc.param)
+    if isinstance(exc, EngineFailure):
+        if exc.busy:
+            return APIError(503, exc.message, code="engine_overloaded", headers={"Retry-After": "1"})
+        return APIError(500, exc.message, code="engine_error")
     return APIError(503, str(exc) or "the engine is not available", code="engine_unavailable",
                     headers={"Retry-After": "5"})

@@ -8,13 +8,16 @@ YAML key ``max_model_len``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -23,6 +26,20 @@ from pydantic_settings import (
 from typing_extensions import Annotated
 
 ENV_PREFIX = "LLAMASERVE_"
+# Kubernetes' service links give every pod <SERVICE>_PORT=tcp://10.0.0.1:8000 for each Service in its namespace,
+# so a Service named llamaserve sets LLAMASERVE_PORT. Such a value is an address, never a port or host to bind.
+_SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://", re.IGNORECASE)
+
+
+class _EnvSource(EnvSettingsSource):
+    """The environment, less the service-link values of `port` and `host`: they fall back to YAML or defaults."""
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        for name in ("port", "host"):
+            if isinstance(values.get(name), str) and _SERVICE_LINK.match(values[name]):
+                del values[name]
+        return values
 
 
 class Settings(BaseSettings):
@@ -67,6 +84,14 @@ class Settings(BaseSettings):
     max_n: int = Field(16, ge=1, description="largest n accepted")
     max_best_of: int = Field(16, ge=1, description="largest best_of / beam width accepted")
     max_logprobs: int = Field(20, ge=0, description="largest logprobs / top_logprobs accepted")
+    max_prompts_per_request: int = Field(64, ge=1, description="most prompts in one completions request")
+    max_sequences_per_request: int = Field(
+        64, ge=1, description="most engine sequences one request may start: prompts x candidates (best_of, else n)"
+    )
+    max_chat_messages: int = Field(2048, ge=1, description="most messages in one chat or tokenize request")
+    max_prompt_chars: int = Field(
+        2_000_000, ge=1, description="most characters of prompt text in one request (all prompts; rendered chat)"
+    )
 
     # --- tool calling
     tool_call_format: Literal["auto", "llama3_json", "pythonic", "llama4_pythonic"] = Field(
@@ -77,10 +102,22 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="accepted API keys, comma-separated (primary,secondary)"
     )
-    api_key_file: Path | None = Field(None, description="file with one API key per line (mounted secret)")
+    api_key_file: Path | None = Field(
+        None, description="file with one API key per line (mounted secret); blank lines and # comments are skipped"
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="serve without API keys (only behind a gateway that authenticates, or for local use)"
+    )
     metrics_require_key: bool = False
     rate_limit_rpm: int = Field(1000, ge=0, description="requests per minute per key; 0 turns it off")
     rate_limit_tpm: int = Field(200_000, ge=0, description="tokens per minute per key; 0 turns it off")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="IPs/CIDRs whose X-Forwarded-For names the client (comma-separated); none by default",
+    )
+    header_timeout_s: float = Field(10, gt=0, description="time a connection gets to send a request's headers")
+    body_timeout_s: float = Field(30, gt=0, description="time a request gets to send its whole body (else 408)")
+    max_connections: int = Field(1000, ge=1, description="open connections at once; beyond that 503 and close")
     max_concurrent_requests: int = Field(256, ge=1, description="generation requests in flight at once")
     max_queued_requests: int = Field(256, ge=0, description="waiting beyond that before 429")
     request_timeout_s: float = Field(600, gt=0)
@@ -91,8 +128,20 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
+        """Blank entries are dropped; whether any key is left is checked at start (server/security.py)."""
         if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
+            value = value.split(",")
+        if isinstance(value, list):
+            return [k.strip() if isinstance(k, str) else k for k in value if not (isinstance(k, str) and not k.strip())]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        for entry in value if isinstance(value, list) else ():
+            ipaddress.ip_network(str(entry), strict=False)  # ValueError names the bad entry
         return value
 
     @classmethod
@@ -105,18 +154,48 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_path = init_settings.init_kwargs.get("config") or os.environ.get(f"{ENV_PREFIX}CONFIG")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSource(settings_cls)]
         if yaml_path:
             if not Path(yaml_path).is_file():
                 raise FileNotFoundError(f"settings file not found: {yaml_path}")
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
         return tuple(sources)
 
+    def keys_requested(self) -> bool:
+        """Keys were asked for in some source, even if what was given holds none (an empty secret)."""
+        return "api_keys" in self.model_fields_set or self.api_key_file is not None
+
     def all_api_keys(self) -> list[str]:
         keys = [k.get_secret_value() for k in self.api_keys]
         if self.api_key_file is not None:
-            keys += [line.strip() for line in self.api_key_file.read_text().splitlines() if line.strip()]
+            keys += key_file_lines(self.api_key_file.read_bytes())
         return keys
+
+
+def key_file_lines(raw: bytes) -> list[str]:
+    """One key per line; a UTF-8 BOM, surrounding whitespace, blank lines and `#` comment lines are not keys."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError("the API key file is not UTF-8 text") from None  # the bytes may be a secret: not shown
+    stripped = (line.strip() for line in text.splitlines())
+    return [line for line in stripped if line and not line.startswith("#")]
+
+
+# Their values are never echoed in an error; nor is the value of an unknown key (it may be a misspelt secret).
+SECRET_FIELDS = frozenset({"api_keys", "api_key_file"})
+
+
+def describe_error(exc: ValidationError) -> str:
+    """A settings error for the operator, without any secret: pydantic's own text echoes every input."""
+    lines = [f"{exc.error_count()} invalid setting(s)"]
+    for err in exc.errors(include_url=False, include_context=False):
+        loc = ".".join(str(part) for part in err["loc"]) or "settings"
+        line = f"{loc}: {err['msg']}"
+        if err["loc"] and err["loc"][0] not in SECRET_FIELDS and err["type"] != "extra_forbidden" and "input" in err:
+            line += f" (got {str(err['input'])[:80]!r})"
+        lines.append(line)
+    return "\n  ".join(lines)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -3,11 +3,16 @@ and each deployment serving its preset on the instance hardware.yaml names."""
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from fastapi.routing import APIRoute
 
+from server.errors import APIError
+from server.limits import Limits, RateLimiter
 from server.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +50,7 @@ def test_deployment_fields_routes_and_limits(path):
     routes = env["inference_config"]
     assert routes["liveness_route"] == {"port": PORT, "path": "/health"}
     assert routes["readiness_route"] == {"port": PORT, "path": "/ready"}
-    assert routes["scoring_route"] == {"port": PORT, "path": "/v1/chat/completions"}
+    assert routes["scoring_route"] == {"port": PORT, "path": "/"}
 
     req = d["request_settings"]
     assert 0 < req["request_timeout_ms"] <= AZURE_MAX_TIMEOUT_MS
@@ -69,7 +74,8 @@ def test_deployment_serves_its_preset_on_its_instance(path, clean_env):
     assert all(isinstance(v, str) for v in env.values()), "Azure wants string environment values"
     assert "LLAMASERVE_MODEL" not in env, "left unset so that the server serves AZUREML_MODEL_DIR"
     assert not any("KEY" in k or "TOKEN" in k for k in env), "no secrets in deployment YAML"
-    skip = {"config", "model", "request_timeout_s"}
+    assert env["LLAMASERVE_ALLOW_UNAUTHENTICATED"] == "true", "Azure checks the key; without it the server won't start"
+    skip = {"config", "model", "request_timeout_s", "rate_limit_rpm", "rate_limit_tpm", "allow_unauthenticated"}
     want = load_settings(config=PRESETS / f"{path.stem}.yaml").model_dump(exclude=skip)
     for name, value in env.items():
         clean_env.setenv(name, value)
@@ -93,3 +99,63 @@ def test_guide_names_the_files():
     guide = (ROOT / "docs" / "DEPLOY.md").read_text()
     assert "deploy/azureml/endpoint.yml" in guide
     assert "deploy/azureml/deployments/" in guide
+
+
+@pytest.mark.parametrize("path", DEPLOYMENTS, ids=lambda p: p.stem)
+def test_the_gateways_callers_are_not_throttled_as_one(path, clean_env):
+    # Azure checks the key and keeps the quota; every request reaches the container from the gateway's address.
+    # With the server's limiter on, a chat request without max_tokens is charged max_model_len: the second 429s.
+    d = yaml.safe_load(path.read_text())
+    for name, value in d["environment_variables"].items():
+        clean_env.setenv(name, value)
+    settings = load_settings()
+    limits = Limits(settings)
+    assert not limits.rates, "the per-key limiter must be off behind Azure's gateway"
+    limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
+    for _ in range(50):
+        limiter.charge("addr:10.0.0.4", settings.max_model_len)
+
+
+def test_the_limiter_as_configured_by_default_would_refuse_the_second_request(clean_env):
+    # The failure the test above guards against, on the 131k-context 8B preset with the default limits.
+    settings = load_settings(config=PRESETS / "llama-3.1-8b-instruct.yaml")
+    limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
+    with pytest.raises(APIError) as err:
+        for _ in range(2):
+            limiter.charge("addr:10.0.0.4", settings.max_model_len)
+    assert err.value.status == 429
+
+
+def test_every_api_route_is_reachable_under_the_scoring_route(clean_env):
+    # Azure forwards <scoring URI><rest> to <scoring_route.path><rest>: only routes below that path are reachable.
+    from server.app import create_app  # imports vLLM: only this test pays for it
+
+    app = create_app(load_settings())
+    api_routes = {r.path for r in app.routes if isinstance(r, APIRoute) and r.path not in ("/health", "/ready")}
+    assert {"/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/info", "/v1/models"} <= api_routes
+    for path in DEPLOYMENTS:
+        scoring = yaml.safe_load(path.read_text())["environment"]["inference_config"]["scoring_route"]["path"]
+        prefix = scoring.rstrip("/") + "/"
+        unreachable = sorted(r for r in api_routes if not r.startswith(prefix))
+        assert not unreachable, f"{path.stem}: {unreachable} are not reachable under {scoring}"
+
+
+def test_each_preset_has_its_own_environment_versioned_with_the_image():
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    names = set()
+    for path in DEPLOYMENTS:
+        env = yaml.safe_load(path.read_text())["environment"]
+        assert env["name"] == f"llamaserve-{path.stem.replace('.', '-')}"
+        assert env["version"] == version, "environment version follows the image it names"
+        assert env["image"].rsplit(":", 1)[1] == version
+        names.add(env["name"])
+    assert len(names) == len(DEPLOYMENTS), "presets sharing one environment overwrite each other's image"
+
+
+def test_weight_downloads_skip_metas_original_checkpoints():
+    # meta-llama repos also hold original/*.pth (consolidated PyTorch shards): ~800 GB more for 405B.
+    guide = (ROOT / "docs" / "DEPLOY.md").read_text()
+    downloads = [line for line in guide.splitlines() if re.search(r"\bhf download meta-llama/", line)]
+    assert downloads
+    for line in downloads:
+        assert re.search(r"--exclude ['\"]original/\*['\"]", line), line

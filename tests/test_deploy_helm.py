@@ -154,7 +154,7 @@ def test_probes_hit_the_contract_routes_on_the_server_port(case):
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["LLAMASERVE_PORT"] == str(PORT)
         probes = {k: container[k]["httpGet"] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
-        assert probes["startupProbe"]["path"] == "/health"
+        assert probes["startupProbe"]["path"] == "/ready", "/health answers while the model loads"
         assert probes["livenessProbe"]["path"] == "/health"
         assert probes["readinessProbe"]["path"] == "/ready"
         assert all(ports.get(p["port"], p["port"]) == PORT for p in probes.values())
@@ -282,8 +282,8 @@ def test_multinode_runs_ray_head_on_leader_and_workers_join_it():
     assert tmpl["size"] == values["multiNode"]["size"] == HARDWARE["llama-3.1-405b-instruct-fp8"]["multi_node"]["nodes"]
     leader = " ".join(tmpl["leaderTemplate"]["spec"]["containers"][0]["args"])
     worker = " ".join(tmpl["workerTemplate"]["spec"]["containers"][0]["args"])
-    assert "ray start --head" in leader and "exec llamaserve serve" in leader
-    assert leader.index("ray start --head") < leader.index("exec llamaserve serve")
+    assert "ray start --head" in leader and "exec python /opt/llamaserve/preflight.py llamaserve serve" in leader
+    assert leader.index("ray start --head") < leader.index("llamaserve serve")
     assert "LWS_LEADER_ADDRESS" in worker and "llamaserve serve" not in worker
 
 
@@ -310,3 +310,18 @@ def test_default_preset_is_the_1b_preset():
     assert yaml.safe_load(defaults["preset"]) == yaml.safe_load(
         (PRESETS / f"{defaults['presetName']}.yaml").read_text()
     )
+
+
+def test_an_empty_api_key_in_the_chart_secret_is_refused():
+    for blank in ("", "  "):
+        with pytest.raises(helm_python.HelmError, match="empty key"):
+            render({"secret": {"create": True, "apiKeys": ["k-primary-0123456789", blank]}})
+
+
+def test_auth_disabled_says_so_to_the_server_and_auth_enabled_never_does():
+    def env_of(values: dict) -> dict:
+        return {e["name"]: e for e in pod_templates(render(values))[0][1]["containers"][0]["env"]}
+
+    open_env = env_of({"auth": {"enabled": False}})
+    assert open_env["LLAMASERVE_ALLOW_UNAUTHENTICATED"]["value"] == "true" and "LLAMASERVE_API_KEYS" not in open_env
+    assert "LLAMASERVE_ALLOW_UNAUTHENTICATED" not in env_of({})

@@ -269,7 +269,7 @@ class RecordingEngine:
                                     tool_call_format=tool_call_format)
         self.calls: list[tuple] = []
 
-    async def encode_chat(self, messages, tools=None):
+    async def encode_chat(self, messages, max_chars=None, tools=None):
         self.calls.append((messages, tools))
         return [1, 2, 3]
 

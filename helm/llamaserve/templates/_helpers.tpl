@@ -74,8 +74,11 @@ llamaserve.io/role: server
 {{- .Values.secret.name | default (printf "%s-secrets" (include "llamaserve.fullname" .)) -}}
 {{- end -}}
 
-{{/* Container env: settings as LLAMASERVE_*, secrets by reference only. */}}
+{{/* Container env: settings as LLAMASERVE_*, secrets by reference only. Called with (dict "ctx" $ "server" bool):
+     the API keys go only to the container that serves HTTP; a Ray worker never checks a key. */}}
 {{- define "llamaserve.env" -}}
+{{- $server := .server -}}
+{{- with .ctx -}}
 - name: LLAMASERVE_PORT
   value: {{ .Values.containerPort | toString | quote }}
 {{- range $k, $v := include "llamaserve.settings" . | fromYaml }}
@@ -93,12 +96,17 @@ llamaserve.io/role: server
       key: {{ .Values.secret.hfTokenKey }}
       # Not every model needs one (open repos, weights already in the cache).
       optional: true
-{{- if .Values.auth.enabled }}
+{{- if and $server .Values.auth.enabled }}
 - name: LLAMASERVE_API_KEYS
   valueFrom:
     secretKeyRef:
       name: {{ include "llamaserve.secretName" . }}
       key: {{ .Values.secret.apiKeysKey }}
+{{- else if $server }}
+# Without keys the server starts only when told to (server/security.py); workers serve no HTTP.
+- name: LLAMASERVE_ALLOW_UNAUTHENTICATED
+  value: "true"
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -136,9 +144,10 @@ llamaserve.io/role: server
 
 {{/* The HTTP probes; routes fixed by the API contract. */}}
 {{- define "llamaserve.probes" -}}
+{{- /* Startup waits on /ready: /health answers 200 while the model loads, so it would end the start budget at once. */ -}}
 startupProbe:
   httpGet:
-    path: /health
+    path: /ready
     port: http
   periodSeconds: {{ .Values.probes.startup.periodSeconds }}
   timeoutSeconds: {{ .Values.probes.startup.timeoutSeconds }}
@@ -161,7 +170,11 @@ readinessProbe:
 
 {{/* Pod spec fields every pod template shares, before `containers`. */}}
 {{- define "llamaserve.podCommon" -}}
+{{- include "llamaserve.checks" . -}}
 {{- $s := include "llamaserve.settings" . | fromYaml -}}
+# Service links would add <SERVICE>_PORT=tcp://... for every Service in the namespace; one named llamaserve
+# sets LLAMASERVE_PORT, a llamaserve setting. The server finds nothing through them.
+enableServiceLinks: false
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
@@ -169,7 +182,7 @@ imagePullSecrets:
 {{- with .Values.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
-terminationGracePeriodSeconds: {{ add (int (get $s "shutdown_grace_s" | default 30)) .Values.terminationGraceExtraSeconds }}
+terminationGracePeriodSeconds: {{ add (int .Values.preStopSleepSeconds) (int (get $s "shutdown_grace_s" | default 30)) .Values.terminationGraceExtraSeconds }}
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- with .Values.nodeSelector }}
@@ -200,7 +213,48 @@ kind: LeaderWorkerSet
 apiVersion: apps/v1
 kind: Deployment
 {{- end }}
-name: {{ include "llamaserve.fullname" . }}
+name: {{ include "llamaserve.workloadName" . }}
+{{- end -}}
+
+{{/* The Deployment's or LeaderWorkerSet's name. LeaderWorkerSet creates a headless Service of its own name for
+     the workers to find their leader, but only if no Service of that name exists: the chart's Service has the
+     fullname, so the LeaderWorkerSet must not. */}}
+{{- define "llamaserve.workloadName" -}}
+{{- if .Values.multiNode.enabled -}}
+{{- printf "%s-group" (include "llamaserve.fullname" . | trunc 50 | trimSuffix "-") -}}
+{{- else -}}
+{{- include "llamaserve.fullname" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Drain on scale-in and rollouts: the pod stays up while endpoint controllers and kube-proxy take it out of
+     the Service; only then does SIGTERM start the server's own drain. */}}
+{{- define "llamaserve.lifecycle" -}}
+{{- if gt (int .Values.preStopSleepSeconds) 0 }}
+lifecycle:
+  preStop:
+    exec:
+      command: ["sleep", {{ .Values.preStopSleepSeconds | toString | quote }}]
+{{- end }}
+{{- end -}}
+
+{{/* Layouts that would install but never serve. */}}
+{{- define "llamaserve.checks" -}}
+{{- $cache := .Values.modelCache -}}
+{{- if and $cache.enabled (not $cache.existingClaim) (not (has "ReadWriteMany" $cache.accessModes)) -}}
+{{- $autoscaled := and .Values.autoscaling.enabled (gt (int .Values.autoscaling.maxReplicas) 1) -}}
+{{- if or (gt (int .Values.replicaCount) 1) $autoscaled .Values.multiNode.enabled -}}
+{{- fail "modelCache.accessModes: more than one pod (replicaCount > 1, autoscaling or multiNode) mounts the model cache, which needs ReadWriteMany; a ReadWriteOnce claim leaves every pod but the first Pending (or set modelCache.existingClaim)" -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.multiNode.enabled -}}
+{{- $s := include "llamaserve.settings" . | fromYaml -}}
+{{- $tp := int (get $s "tensor_parallel_size" | default 1) -}}
+{{- $perPod := include "llamaserve.gpusPerPod" . | int -}}
+{{- if ne (mod $perPod $tp) 0 -}}
+{{- fail (printf "tensor_parallel_size %d does not fit the %d GPUs of one node: tensor parallel runs within a node (NVLink), split nodes with pipeline_parallel_size = multiNode.size" $tp $perPod) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The settings' hash restarts pods when only the preset text changes; the preset name helps kubectl users. */}}
