@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -17,16 +16,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMError
+from vllm.exceptions import VLLMError
 from vllm.inputs.engine import tokens_input
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
-from vllm.v1.engine.exceptions import EngineDeadError
 
 from engine import best_of, lifeline, outputs
 from engine.beam_search import beam_search
+from engine.beam_steps import EngineSteps
 from engine.chat_encoding import ChatEncoder
-from engine.errors import EngineFailure, EngineUnavailable, InvalidGenerationRequest
+from engine.errors import EngineUnavailable, InvalidGenerationRequest
+from engine.failures import engine_failure
 from engine.sampling import GenerationPlan, beam_step_params, to_sampling_params
 from engine.tool_format import detect as detect_tool_format
 
@@ -218,27 +218,28 @@ class LlamaEngine:
         async for out in self._generate(prompt_ids, params, request_id):
             final = out
         assert final is not None and final.finished
-        choices = [_choice(c, self._tokenizer) for c in final.outputs]
-        completion_tokens = sum(len(c.token_ids) for c in choices)
+        candidates = final.outputs
+        completion_tokens = sum(len(c.token_ids) for c in candidates)
         if plan.num_choices > plan.request.n:
-            choices = best_of.pick(choices, plan.request.n)
+            # Ranked as the engine returned them: only the n kept become choices (their logprobs only if asked).
+            candidates = best_of.pick(candidates, plan.request.n)
+            if plan.num_logprobs is None:
+                for c in candidates:
+                    c.logprobs = None
+        choices = [_choice(c, self._tokenizer) for c in candidates]
         prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer))
         return outputs.Step(choices, prompt, completion_tokens, finished=True)
 
     async def _beam_search(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> outputs.Step:
         req = plan.request
         stop_ids = set(req.stop_token_ids or ()) | (set() if req.ignore_eos else self._eos_ids)
-        beams = await beam_search(
-            self._generate,
-            prompt_ids,
-            beam_step_params(plan),
-            width=plan.num_choices,
-            max_tokens=plan.max_tokens,
-            stop_ids=stop_ids,
-            length_penalty=req.length_penalty,
-            early_stopping=req.early_stopping,
-            request_id=request_id,
-        )
+        steps = EngineSteps(self._llm, prompt_ids, lambda tokens: beam_step_params(plan, tokens),
+                            request_id=request_id, max_tokens=plan.max_tokens, stop_ids=stop_ids)
+        try:
+            beams = await beam_search(steps, width=plan.num_choices, max_tokens=plan.max_tokens, stop_ids=stop_ids,
+                                      length_penalty=req.length_penalty, early_stopping=req.early_stopping)
+        finally:
+            await steps.close()
         skip_special = True if req.skip_special_tokens is None else req.skip_special_tokens
         choices = [
             outputs.ChoiceDelta(
@@ -265,21 +266,6 @@ class LlamaEngine:
                 yield out
         except (VLLMError, ValueError) as exc:
             raise engine_failure(exc, self._llm.errored) from exc
-
-
-def engine_failure(exc: Exception, engine_errored: bool) -> Exception:
-    """Whose fault a vLLM failure is: the caller's (a request vLLM refuses as invalid) or the server's (the engine
-    failed on it, or is full): only the first is a 4xx."""
-    if engine_errored or isinstance(exc, EngineDeadError):
-        return EngineUnavailable("the engine stopped")
-    if isinstance(exc, GracefulHTTPError):  # vLLM's own admission control: its queue is full
-        return EngineFailure(exc.message or "the engine is busy; retry shortly", busy=True)
-    if isinstance(exc, (VLLMClientError, ValueError)):
-        return InvalidGenerationRequest(str(exc) or "the engine refused the request")
-    # EngineGenerateError and the rest: vLLM says nothing the caller could act on; the cause goes to the log.
-    cause = exc.__cause__
-    log.error("the engine failed on a request: %r (cause: %r)", exc, cause)
-    return EngineFailure("the engine failed to process the request")
 
 
 def _text_encoder(tokenizer: Any, off_loop: bool = False) -> Callable[[str, bool], list[int]]:

@@ -18,14 +18,17 @@ from server.observability import RequestContextMiddleware
 from server.security import ApiKeyMiddleware, load_keyring, warn_if_open
 from schemas import ChatCompletionRequest, CompletionRequest
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
-from server.routes import generate, meta, tokenize
+from server.routes import generate, meta, playground, tokenize
 from server.routes.docs import document_bodies
+from server.safety.guards import Guard, start_guard
+from server.safety.moderation import Moderator
 from server.settings import Settings
 from server.state import ServerState, state_of
 
 log = logging.getLogger("llamaserve")
 
 EngineFactory = Callable[[Settings], LlamaEngine]
+GuardFactory = Callable[[Settings], Guard | None]
 
 
 def engine_options(settings: Settings) -> EngineOptions:
@@ -48,8 +51,17 @@ def start_engine(settings: Settings) -> LlamaEngine:
     return LlamaEngine.start(options)
 
 
-async def _load(state: ServerState, factory: EngineFactory) -> None:
+def start_configured_guard(settings: Settings) -> Guard | None:
+    return None if settings.guard == "off" else start_guard(settings, engine_options(settings))
+
+
+async def _load(state: ServerState, factory: EngineFactory, guard_factory: GuardFactory) -> None:
     try:
+        # The guard first: a server must not turn ready, and serve unchecked, while its guard failed to start.
+        guard = await asyncio.to_thread(guard_factory, state.settings)
+        if guard is not None:
+            state.moderator = Moderator(state.settings, guard, state.metrics.registry)
+            log.info("content safety on: guard=%s, checks %s", state.settings.guard, state.settings.guard_check)
         state.engine = await asyncio.to_thread(factory, state.settings)
         log.info("model %s ready", state.engine.info.name)
     except Exception as exc:  # a server without its model serves nothing: exit so that the failure shows
@@ -59,11 +71,12 @@ async def _load(state: ServerState, factory: EngineFactory) -> None:
         state.lifecycle.exit_now(MODEL_LOAD_EXIT_CODE)
 
 
-def create_app(settings: Settings, engine_factory: EngineFactory = start_engine) -> FastAPI:
+def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
+               guard_factory: GuardFactory = start_configured_guard) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = state_of(app)
-        state.loader = asyncio.create_task(_load(state, engine_factory))
+        state.loader = asyncio.create_task(_load(state, engine_factory, guard_factory))
         state.lifecycle.start()
         try:
             yield
@@ -73,6 +86,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine)
             await state.lifecycle.stop()
             if state.engine is not None:
                 state.engine.shutdown()
+            if state.moderator is not None:
+                await state.moderator.close()
 
     app = FastAPI(title="llamaserve", version="0.1.0", lifespan=lifespan)
     app.state.llama = ServerState(settings=settings)
@@ -82,6 +97,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine)
     app.include_router(metrics.router)
     app.include_router(generate.router)
     app.include_router(tokenize.router)
+    app.include_router(playground.router)
     document_bodies(app, (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest))
     return app
 

@@ -46,6 +46,7 @@ class APIError(Exception):
         code: str | None = None,
         detail: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
+        inner: dict[str, Any] | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -54,6 +55,7 @@ class APIError(Exception):
         self.code = code
         self.detail = detail
         self.headers = headers
+        self.inner = inner  # error.innererror, e.g. Azure's content filter result
 
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_parameter") -> APIError:
@@ -73,6 +75,8 @@ def error_body(err: APIError) -> dict[str, Any]:
         "code": err.code,
         "message": err.message,
     }
+    if err.inner is not None:
+        body["error"]["innererror"] = err.inner
     if err.detail is not None:
         body["detail"] = err.detail
     return body

@@ -26,6 +26,7 @@ from schemas.chat import template_messages
 from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
 from server import render, sse
 from server.errors import APIError, bad_request, error_body, from_pydantic, from_validation_errors
+from server.safety.moderation import Moderation, annotate
 from server.settings import Settings
 from server.tools import plan as tools
 
@@ -46,6 +47,7 @@ class Job:
     plan: GenerationPlan
     echo_texts: list[str] | None = None  # prompt texts to echo, one per prompt
     trace: Trace | None = None  # metrics and access-log hook, set by the route
+    moderation: Moderation | None = None  # content safety checks, set by the route when a guard is on
 
     @property
     def total_choices(self) -> int:
@@ -284,6 +286,8 @@ async def respond(job: Job, engine: LlamaEngine, http_request: Request,
                   guard: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None,
                   **sse_options: Any) -> Response:
     """`guard` wraps a stream's frames (deadlines); `sse_options` go to the event stream."""
+    if job.moderation is not None:
+        await job.moderation.check_prompt()
     if job.request.stream:
         frames = _frames(job, engine)
         return sse.event_stream(guard(frames) if guard else frames, **sse_options)
@@ -298,6 +302,8 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
     except BaseExceptionGroup as failed:
         raise failed.exceptions[0] from None
     steps = [t.result() for t in tasks]
+    if job.moderation is not None:
+        await job.moderation.full(steps)
     if job.trace is not None:
         job.trace.full(steps)
     n = job.request.n
@@ -313,7 +319,7 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
                 prompt=step.prompt if echo else None,
                 prompt_text=job.echo_texts[p_idx] if echo else "",
             )
-            choices.append(job.flavor.full_choice(full))
+            choices.append(annotate(job.flavor.full_choice(full), step, c.index))
     body = job.flavor.envelope(job.request_id, int(time.time()), engine.info.name, chunk=False)
     body["choices"] = choices
     body["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(s.completion_tokens for s in steps))
@@ -341,7 +347,8 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
         probe = flavor.delta_choice(ChoiceDelta(0, sse.SLOT, [], None), render.ChoiceState())
         text_frame = sse.FrameTemplate({**head, "choices": [probe]})
     try:
-        async for p_idx, step in _merged(job, engine):
+        steps = _merged(job, engine)
+        async for p_idx, step in job.moderation.stream(steps) if job.moderation is not None else steps:
             if job.trace is not None:
                 job.trace.step(p_idx, step)
             if text_frame is not None and len(step.choices) == 1:
@@ -352,8 +359,8 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
                     continue
             choices = []
             for c in step.choices:
-                c.index += p_idx * n
-                choices += flavor.delta_choices(c, state.of(c.index))
+                local_index, c.index = c.index, c.index + p_idx * n
+                choices += [annotate(d, step, local_index) for d in flavor.delta_choices(c, state.of(c.index))]
                 finished += c.finish_reason is not None
             completion_tokens[p_idx] = step.completion_tokens
             groups = render.chunk_groups(choices)

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llamaserve.security")
 
-# Probes must work for orchestrators that hold no key.
-OPEN_PATHS = frozenset({"/health", "/ready"})
+# Probes must work for orchestrators that hold no key; the playground page asks for the key itself.
+OPEN_PATHS = frozenset({"/health", "/ready", "/", "/playground"})
 
 
 def key_id(key: str) -> str:
@@ -90,7 +90,9 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
     def _open(self, path: str) -> bool:
-        return path in OPEN_PATHS or (path == "/metrics" and not self.state.settings.metrics_require_key)
+        if path in OPEN_PATHS or path.startswith("/playground/"):
+            return True
+        return path == "/metrics" and not self.state.settings.metrics_require_key
 
 
 class AuthSettingsError(ValueError):

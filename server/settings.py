@@ -9,12 +9,13 @@ YAML key ``max_model_len``.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -24,6 +25,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 from typing_extensions import Annotated
+
+from engine.guard_format import resolve_codes
 
 ENV_PREFIX = "LLAMASERVE_"
 # Kubernetes' service links give every pod <SERVICE>_PORT=tcp://10.0.0.1:8000 for each Service in its namespace,
@@ -124,8 +127,33 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0)
     shutdown_grace_s: float = Field(30, ge=0, description="drain time for in-flight requests on SIGTERM")
     log_prompts: bool = Field(False, description="include prompt and output text in access logs")
+    playground: bool = Field(True, description="serve the browser playground at /playground (false: 404)")
 
-    @field_validator("api_keys", mode="before")
+    # --- content safety (docs/SAFETY.md)
+    guard: Literal["off", "local", "remote"] = Field(
+        "off", description="Llama Guard check: off, local (a second engine in this process) or remote (guard_url)"
+    )
+    guard_model: str | None = Field(None, description="local guard: model directory or hub id")
+    guard_gpu_memory_utilization: float = Field(0.1, gt=0, le=1, description="local guard's GPU memory share")
+    guard_max_model_len: int | None = Field(None, gt=0, description="local guard's context length")
+    guard_cpu_kvcache_space_gib: int | None = Field(None, gt=0, description="local guard's KV space on CPU hosts")
+    guard_url: str | None = Field(None, description="remote guard: base URL of a llamaserve serving Llama Guard")
+    guard_api_key: SecretStr | None = Field(None, description="remote guard's API key")
+    guard_check: Literal["prompt", "output", "both"] = Field("both", description="what the guard checks")
+    guard_stream_interval_tokens: int = Field(32, ge=1, description="streams: tokens held back between checks")
+    guard_timeout_s: float = Field(10, gt=0, description="one guard check's time limit")
+    guard_on_error: Literal["open", "closed"] = Field(
+        "open", description="guard down or slow: open passes (finish_reason content_filter_error), closed 503s"
+    )
+    guard_block_categories: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["all"], description="categories that block (S1..S14 or names), comma-separated"
+    )
+    guard_key_categories: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="per API key id (the access log's key_id): the categories that block, as JSON",
+    )
+
+    @field_validator("api_keys", "guard_block_categories", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         """Blank entries are dropped; whether any key is left is checked at start (server/security.py)."""
@@ -143,6 +171,32 @@ class Settings(BaseSettings):
         for entry in value if isinstance(value, list) else ():
             ipaddress.ip_network(str(entry), strict=False)  # ValueError names the bad entry
         return value
+
+    @field_validator("guard_key_categories", mode="before")
+    @classmethod
+    def _json_map(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("guard_block_categories")
+    @classmethod
+    def _known_categories(cls, value: list[str]) -> list[str]:
+        resolve_codes(value)  # raises on a category Llama Guard does not have
+        return value
+
+    @field_validator("guard_key_categories")
+    @classmethod
+    def _known_key_categories(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for names in value.values():
+            resolve_codes(names)
+        return value
+
+    @model_validator(mode="after")
+    def _guard_is_complete(self) -> Settings:
+        if self.guard == "local" and not self.guard_model:
+            raise ValueError("guard=local needs guard_model (a Llama Guard 3 directory or hub id)")
+        if self.guard == "remote" and not self.guard_url:
+            raise ValueError("guard=remote needs guard_url (the base URL of a llamaserve serving Llama Guard)")
+        return self
 
     @classmethod
     def settings_customise_sources(

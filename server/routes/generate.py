@@ -27,6 +27,8 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
         exchange = exchange_of(request)
         ticket = await state.limits.admit(job, exchange)
         job.trace = state.metrics.trace(exchange, job, engine, state.settings.log_prompts)
+        if state.moderator is not None:
+            job.moderation = state.moderator.for_request(job, engine, exchange.key_id)
         reply = generation.respond(job, engine, request, ticket.stream, **sse_options(state.settings))
         return await ticket.within(reply)
     except EngineError as exc:
