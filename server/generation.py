@@ -246,8 +246,8 @@ async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings
     tool_plan = tools.resolve(req, fmt)
     messages = tools.for_template(template_messages(req.messages), fmt)
     check_prompt_chars(sum(len(m["content"]) for m in messages), settings, "messages")
-    prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars,
-                                      tools=tool_plan.template_tools if tool_plan else None)
+    with_tools = {"tools": tool_plan.template_tools} if tool_plan else {}  # requests without tools: as before
+    prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars, **with_tools)
     plan = _plan(req, settings, engine, [prompt], "messages", None, k,
                  output_schema=tool_plan.schema if tool_plan else None)
     return _job(req, render.ChatFlavor(top_k=k, tools=tool_plan), [prompt], plan)
