@@ -78,8 +78,12 @@ def test_any_conversation_without_special_text_keeps_its_ids(tokenizer, chat, co
     assert encode(chat, messages) == plain(tokenizer, messages)
 
 
+# The encoder's own sentinels (U+FDD0/U+FDD1) are refused in such a message: a test of their own, below.
+_TEXT = st.text(max_size=12).filter(lambda t: "\ufdd0" not in t and "\ufdd1" not in t)
+
+
 @settings(max_examples=100, deadline=None)
-@given(parts=st.lists(st.one_of(st.text(max_size=12), st.sampled_from([HEADER, EOT, "<|begin_of_text|>", " ", "\n"])),
+@given(parts=st.lists(st.one_of(_TEXT, st.sampled_from([HEADER, EOT, "<|begin_of_text|>", " ", "\n"])),
                       min_size=1, max_size=6))
 def test_no_message_text_ever_yields_a_special_id(tokenizer, chat, parts):
     content = "".join(parts)
