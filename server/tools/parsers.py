@@ -169,7 +169,7 @@ class CallParser:
         return len(text)
 
     def _look(self, pos: int, final: bool) -> _NotACall | _Calls | None:
-        text, ch = self._text, self._text[pos]
+        ch = self._text[pos]
         if ch == "<":
             return self._look_tag(pos, final)
         if ch == "{":
