@@ -81,7 +81,8 @@ def test_install_wraps_vllms_process_targets_by_reference():
 
     from engine import lifeline
 
-    original = EngineCoreProc.run_engine_core
+    # An engine started earlier in this test process has installed the guard already.
+    original = getattr(EngineCoreProc, "_llamaserve_unguarded_run_engine_core", EngineCoreProc.run_engine_core)
     lifeline.install()
     lifeline.install()  # idempotent: no wrapper around a wrapper
     for cls, attr in ((EngineCoreProc, "run_engine_core"), (WorkerProc, "worker_main")):

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.conftest import ROOT, ServerProcess
-from tests.probes import access_lines
+from tests.probes import access_lines, wait_until
 
 ENV_KEYS = ("primary-key-0123456789abcdefghij", "secondary-key-0123456789abcdefgh")
 FILE_KEY = "file-key-0123456789abcdefghijklmno"
@@ -91,9 +91,14 @@ def test_openai_sdk_with_a_key(keyed):
 def test_logs_name_the_key_by_id_never_by_value(keyed):
     _call(keyed, "POST", "/v1/completions", {"prompt": "secret-prompt-text", "max_tokens": 2},
           {"api-key": FILE_KEY, "x-request-id": "sec-log-1"})
+    # The access line is written once the response's last byte has gone, which may be just after the client has it.
+    def logged() -> list[dict]:
+        return [line for line in access_lines(keyed.log_tail(10**7)) if line["request_id"] == "sec-log-1"]
+
+    assert wait_until(lambda: bool(logged()), 10)
     log = keyed.log_tail(10**7)
     assert all(k not in log for k in (*ENV_KEYS, FILE_KEY))
-    line = next(line for line in access_lines(log) if line["request_id"] == "sec-log-1")
+    line = logged()[0]
     assert line["key_id"] == hashlib.sha256(FILE_KEY.encode()).hexdigest()[:8]
     assert "secret-prompt-text" in line["prompt"][0] and len(line["output"]) == 1  # --log-prompts is on here
 
