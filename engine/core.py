@@ -9,6 +9,8 @@ import asyncio
 import json
 import logging
 import os
+import re
+from functools import partial
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +19,12 @@ from typing import Any
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMError
 from vllm.inputs.engine import tokens_input
+from vllm.lora.request import LoRARequest
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from engine import best_of, outputs
+from engine import adapters, best_of, outputs
 from engine.beam_search import beam_search
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
 from engine.sampling import GenerationPlan, beam_step_params, to_sampling_params
@@ -51,6 +54,10 @@ class EngineOptions:
     cpu_kvcache_space_gib: int | None = None
     seed: int = 0
     max_logprobs: int = 20
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,6 +79,9 @@ class LlamaEngine:
         self._encode = _text_encoder(self._tokenizer)
         self._chat_template = chat_template
         self._eos_ids = _eos_ids(llm, self._tokenizer)
+        self.adapters = adapters.AdapterSet()
+        self._lora_config = llm.vllm_config.lora_config  # None: LoRA is off
+        self._base_layers = adapters.BaseLayers.of(llm.model_config.hf_config)
 
     # --- life cycle
 
@@ -96,6 +106,10 @@ class LlamaEngine:
             distributed_executor_backend=options.distributed_executor_backend,
             seed=options.seed,
             max_logprobs=options.max_logprobs,
+            enable_lora=options.enable_lora,
+            max_loras=options.max_loras,
+            max_lora_rank=options.max_lora_rank,
+            max_cpu_loras=options.max_cpu_loras,
             # Sampling defaults come from the API contract, not from the checkpoint's generation_config.
             generation_config="vllm",
             **options.extra,
@@ -164,6 +178,44 @@ class LlamaEngine:
                 f"token id {bad[0]} is out of the vocabulary (size {self.info.vocab_size})", param
             )
 
+    # --- LoRA adapters: checked by engine.adapters before vLLM sees them. vLLM keeps up to max_cpu_loras of them
+    # in memory and evicts the least recently used; an evicted adapter is read again from its path when used.
+
+    async def load_adapter(self, name: str, path: str, source: str, replace: bool = False) -> adapters.Adapter:
+        if self._lora_config is None:
+            raise adapters.InvalidAdapter("LoRA is not enabled on this server")
+        async with self.adapters.lock:
+            old = self.adapters.get(name)
+            if old is not None and not replace:
+                raise adapters.AdapterExists(f"an adapter named {name!r} is loaded already (replace it with load_inplace)")
+            rank, base = await asyncio.to_thread(
+                adapters.inspect_adapter, Path(path), self._base_layers, self._lora_config.max_lora_rank
+            )
+            adapter = adapters.Adapter(name, old.id if old else self.adapters.new_id(), path, source, rank, base)
+            try:
+                # Loads it into the CPU cache now, so that a file vLLM cannot use fails here, not in a request.
+                await self._llm.add_lora(LoRARequest(name, adapter.id, path, load_inplace=old is not None))
+            except Exception as exc:  # vLLM raises plain ValueError/RuntimeError for adapters it cannot use
+                if self._llm.errored:
+                    raise EngineUnavailable("the engine stopped") from exc
+                # Worker errors arrive wrapped ("Worker failed with error '...', please check the stack trace"):
+                # the caller gets the reason, not a pointer into our logs.
+                reason = re.search(r"failed with error '(.*)', please check", str(exc), re.DOTALL)
+                raise adapters.InvalidAdapter(f"the engine refused the adapter: {reason[1] if reason else exc}") from exc
+            self.adapters.put(adapter)
+            return adapter
+
+    async def unload_adapter(self, name: str) -> adapters.Adapter:
+        async with self.adapters.lock:
+            adapter = self.adapters.pop(name)
+            try:
+                await self._llm.remove_lora(adapter.id)
+            except Exception as exc:
+                if self._llm.errored:
+                    raise EngineUnavailable("the engine stopped") from exc
+                log.warning("vLLM did not drop adapter %s from its cache: %s", name, exc)
+            return adapter
+
     # --- generation
 
     async def stream(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> AsyncIterator[outputs.Step]:
@@ -171,7 +223,7 @@ class LlamaEngine:
         params = to_sampling_params(plan, stream=True)
         prompt = outputs.PromptInfo(token_ids=prompt_ids)
         completion_tokens = 0
-        async for out in self._generate(prompt_ids, params, request_id):
+        async for out in self._generate(prompt_ids, params, request_id, plan.adapter):
             choices = [_choice(c, self._tokenizer) for c in out.outputs]
             completion_tokens += sum(len(c.token_ids) for c in choices)
             if out.prompt_logprobs is not None and prompt.logprobs is None:
@@ -184,7 +236,7 @@ class LlamaEngine:
             return await self._beam_search(prompt_ids, plan, request_id)
         params = to_sampling_params(plan, stream=False)
         final: RequestOutput | None = None
-        async for out in self._generate(prompt_ids, params, request_id):
+        async for out in self._generate(prompt_ids, params, request_id, plan.adapter):
             final = out
         assert final is not None and final.finished
         choices = [_choice(c, self._tokenizer) for c in final.outputs]
@@ -198,7 +250,7 @@ class LlamaEngine:
         req = plan.request
         stop_ids = set(req.stop_token_ids or ()) | (set() if req.ignore_eos else self._eos_ids)
         beams = await beam_search(
-            self._generate,
+            partial(self._generate, adapter=plan.adapter),
             prompt_ids,
             beam_step_params(plan),
             width=plan.num_choices,
@@ -226,11 +278,13 @@ class LlamaEngine:
             choices, outputs.PromptInfo(prompt_ids), sum(len(c.token_ids) for c in choices), finished=True
         )
 
-    async def _generate(self, prompt_ids: list[int], params: Any, request_id: str) -> AsyncIterator[RequestOutput]:
+    async def _generate(self, prompt_ids: list[int], params: Any, request_id: str,
+                        adapter: adapters.Adapter | None = None) -> AsyncIterator[RequestOutput]:
         if self._llm.errored:
             raise EngineUnavailable("the engine is not running")
+        lora = None if adapter is None else LoRARequest(adapter.name, adapter.id, adapter.path)
         try:
-            async for out in self._llm.generate(tokens_input(prompt_ids), params, request_id):
+            async for out in self._llm.generate(tokens_input(prompt_ids), params, request_id, lora_request=lora):
                 yield out
         except EngineDeadError as exc:
             raise EngineUnavailable("the engine stopped") from exc

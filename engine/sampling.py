@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vllm.exceptions import VLLMError
 from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
+from engine.adapters import Adapter
 from engine.errors import InvalidGenerationRequest
 from schemas.common import GenerationRequest
 
@@ -40,6 +41,7 @@ class GenerationPlan:
     num_logprobs: int | None  # top-k asked for by the client, None for none
     prompt_logprobs: int | None = None  # echo with logprobs
     pass_through: dict[str, Any] | None = None
+    adapter: Adapter | None = None  # the LoRA adapter the request's `model` names
 
 
 def to_sampling_params(plan: GenerationPlan, *, stream: bool) -> SamplingParams:

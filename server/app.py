@@ -10,12 +10,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from engine.core import EngineOptions, LlamaEngine
-from server import errors, metrics, model_source
+from server import adapters, errors, metrics, model_source
+from server.adapter_settings import lora_enabled
 from server.limits import BodyLimitMiddleware
 from server.observability import RequestContextMiddleware
 from server.security import ApiKeyMiddleware, KeyRing, warn_if_open
 from schemas import ChatCompletionRequest, CompletionRequest
+from schemas.adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
+from server.routes import adapters as adapter_routes
 from server.routes import generate, meta, tokenize
 from server.routes.docs import document_bodies
 from server.settings import Settings
@@ -35,6 +38,7 @@ def engine_options(settings: Settings) -> EngineOptions:
                 fields[name] = value
     # Beam search asks for 2 x width alternatives per step.
     fields["max_logprobs"] = max(settings.max_logprobs, 2 * settings.max_best_of)
+    fields["enable_lora"] = lora_enabled(settings)
     return EngineOptions(model=source.path, served_model_name=source.served_name, **fields)
 
 
@@ -44,7 +48,14 @@ def start_engine(settings: Settings) -> LlamaEngine:
 
 async def _load(state: ServerState, factory: EngineFactory) -> None:
     try:
-        state.engine = await asyncio.to_thread(factory, state.settings)
+        engine = await asyncio.to_thread(factory, state.settings)
+        if state.settings.lora_adapters:
+            try:
+                await adapters.load_configured(state.settings, engine)
+            except BaseException:
+                engine.shutdown()
+                raise
+        state.engine = engine
         log.info("model %s ready", state.engine.info.name)
     except Exception as exc:  # the server stays up to report it on /health and /ready
         log.exception("the model failed to load")
@@ -74,7 +85,9 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine)
     app.include_router(metrics.router)
     app.include_router(generate.router)
     app.include_router(tokenize.router)
-    document_bodies(app, (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest))
+    app.include_router(adapter_routes.router)
+    document_bodies(app, (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest,
+                          LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest))
     return app
 
 

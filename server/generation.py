@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from engine.adapters import Adapter
 from engine.core import LlamaEngine
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
 from engine.outputs import ChoiceDelta, Step
@@ -45,6 +46,11 @@ class Job:
     plan: GenerationPlan
     echo_texts: list[str] | None = None  # prompt texts to echo, one per prompt
     trace: Trace | None = None  # metrics and access-log hook, set by the route
+
+    @property
+    def model_name(self) -> str | None:
+        """The adapter's name, which responses report as their model; None: the base model's."""
+        return self.plan.adapter.name if self.plan.adapter else None
 
     @property
     def total_choices(self) -> int:
@@ -104,10 +110,15 @@ def _apply_extra_parameters(req: GenerationRequest, header: str | None) -> None:
 # --- convert
 
 
-def check_model(model: str | None, engine: LlamaEngine) -> None:
-    if model is not None and model not in (engine.info.name, engine.info.path):
+def check_model(model: str | None, engine: LlamaEngine) -> Adapter | None:
+    """The LoRA adapter `model` names; None for the base model."""
+    if model is None or model in (engine.info.name, engine.info.path):
+        return None
+    adapter = engine.adapters.get(model)
+    if adapter is None:
         raise APIError(404, f"The model `{model}` does not exist; this server serves `{engine.info.name}`",
                        param="model", code="model_not_found")
+    return adapter
 
 
 def _choices_and_limits(req: GenerationRequest, settings: Settings, num_logprobs: int | None) -> int:
@@ -164,7 +175,8 @@ def _max_tokens(req: GenerationRequest, prompt_len: int, context: int, prompt_pa
 
 
 def _plan(req, settings: Settings, engine: LlamaEngine, prompts: list[list[int]], prompt_param: str,
-          default_max: int | None, num_logprobs: int | None, prompt_logprobs: int | None = None) -> GenerationPlan:
+          default_max: int | None, num_logprobs: int | None, prompt_logprobs: int | None = None,
+          adapter: Adapter | None = None) -> GenerationPlan:
     num_choices = _choices_and_limits(req, settings, num_logprobs)
     if req.stop_token_ids:
         engine.check_token_ids(req.stop_token_ids, "stop_token_ids")
@@ -182,6 +194,7 @@ def _plan(req, settings: Settings, engine: LlamaEngine, prompts: list[list[int]]
         num_logprobs=num_logprobs,
         prompt_logprobs=prompt_logprobs,
         pass_through=req.extra_fields() or None,
+        adapter=adapter,
     )
 
 
@@ -191,17 +204,17 @@ def _job(req: GenerationRequest, flavor: render.Flavor, prompts: list[list[int]]
 
 
 async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
-    check_model(req.model, engine)
+    adapter = check_model(req.model, engine)
     if not engine.info.is_chat:
         raise bad_request("this model has no chat template; use the completions route", "messages")
     prompt = await engine.encode_chat(template_messages(req.messages))
     k = req.num_logprobs()
-    plan = _plan(req, settings, engine, [prompt], "messages", None, k)
+    plan = _plan(req, settings, engine, [prompt], "messages", None, k, adapter=adapter)
     return _job(req, render.ChatFlavor(top_k=k), [prompt], plan)
 
 
 async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
-    check_model(req.model, engine)
+    adapter = check_model(req.model, engine)
     if req.suffix:
         raise bad_request("suffix is not supported: Llama models do not fill in the middle", "suffix")
     prompts: list[list[int]] = []
@@ -213,7 +226,7 @@ async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settin
             prompts.append(p)
     k = req.num_logprobs()
     echo_logprobs = k if (req.echo and k is not None) else None
-    plan = _plan(req, settings, engine, prompts, "prompt", DEFAULT_COMPLETION_MAX_TOKENS, k, echo_logprobs)
+    plan = _plan(req, settings, engine, prompts, "prompt", DEFAULT_COMPLETION_MAX_TOKENS, k, echo_logprobs, adapter)
     echo_texts = None
     if req.echo:
         echo_texts = [p if isinstance(p, str) else engine.decode(p) for p in req.prompts()]
@@ -257,7 +270,7 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
                 prompt_text=job.echo_texts[p_idx] if echo else "",
             )
             choices.append(job.flavor.full_choice(full))
-    body = job.flavor.envelope(job.request_id, int(time.time()), engine.info.name, chunk=False)
+    body = job.flavor.envelope(job.request_id, int(time.time()), job.model_name or engine.info.name, chunk=False)
     body["choices"] = choices
     body["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(s.completion_tokens for s in steps))
     return body
@@ -266,7 +279,7 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
 async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
     flavor, n = job.flavor, job.request.n
     created = int(time.time())
-    head = flavor.envelope(job.request_id, created, engine.info.name, chunk=True)
+    head = flavor.envelope(job.request_id, created, job.model_name or engine.info.name, chunk=True)
     state = render.StreamState()
     for i in range(job.total_choices):
         opening = flavor.opening_choice(i, job.echo_texts[i // n] if job.echo_texts else None)

@@ -24,6 +24,8 @@ log = logging.getLogger("llamaserve.security")
 
 # Probes must work for orchestrators that hold no key.
 OPEN_PATHS = frozenset({"/health", "/ready"})
+# Opened only by admin keys, which their routes check (server/adapters.py): API keys must not open them.
+ADMIN_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 
 
 def key_id(key: str) -> str:
@@ -86,7 +88,7 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
     def _open(self, path: str) -> bool:
-        return path in OPEN_PATHS or (path == "/metrics" and not self.state.settings.metrics_require_key)
+        return path in OPEN_PATHS or path in ADMIN_PATHS or (path == "/metrics" and not self.state.settings.metrics_require_key)
 
 
 def warn_if_open(keys: KeyRing) -> None:
