@@ -26,6 +26,11 @@ def named_paths(value: Any) -> Any:
     """NAME=PATH pairs from a mapping (YAML), a list of pairs (repeated --lora) or a comma-separated string (env)."""
     if isinstance(value, dict):
         return value
+    if isinstance(value, str) and value.lstrip().startswith("{"):  # a mapping as JSON (the Helm chart's env)
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"lora_adapters is not valid JSON: {exc}") from None
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
