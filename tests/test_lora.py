@@ -138,6 +138,10 @@ def test_load_list_use_unload_then_404(http, lora_dirs):
     assert greedy(http, "gamma") != greedy(http, BASE)
     again = http.post("/v1/load_lora_adapter", headers=admin, json={"lora_name": "gamma", "lora_path": str(lora_dirs["seed-3"])})
     assert again.status_code == 409 and again.json()["error"]["code"] == "adapter_exists"
+    replaced = http.post("/v1/load_lora_adapter", headers=admin,
+                         json={"lora_name": "gamma", "lora_path": str(lora_dirs["seed-1"]), "load_inplace": True})
+    assert replaced.status_code == 200, replaced.text
+    assert greedy(http, "gamma") == greedy(http, "alpha")  # gamma now has alpha's weights
     r = http.post("/v1/unload_lora_adapter", headers=admin, json={"lora_name": "gamma"})
     assert r.status_code == 200, r.text
     assert "gamma" not in {m["id"] for m in http.get("/v1/models", headers=bearer(KEY_C)).json()["data"]}
