@@ -190,6 +190,8 @@ def test_allow_list_hides_another_tenants_adapter(http, beta):
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
         listed = {m["id"] for m in http.get("/v1/models", headers=bearer(key)).json()["data"]}
         assert listed == {BASE, own}
+        for model, status in ((own, 200), (other, 404)):
+            assert http.post("/tokenize", headers=bearer(key), json={"model": model, "prompt": "hi"}).status_code == status
 
 
 def test_admin_routes_take_only_the_admin_key(http, lora_dirs):

@@ -7,8 +7,10 @@ from fastapi import APIRouter, Request
 from engine.errors import InvalidGenerationRequest
 from schemas.chat import template_messages
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
+from server import adapters
 from server.errors import bad_request
 from server.generation import check_model, parse_body
+from server.observability import exchange_of
 from server.routes.docs import body_doc
 from server.state import state_of
 
@@ -19,7 +21,9 @@ router = APIRouter(tags=["tokenizer"])
 @router.post("/v1/tokenize", openapi_extra=body_doc(TokenizeRequest))
 async def tokenize(request: Request) -> dict:
     body = parse_body(await request.body(), TokenizeRequest)
-    engine = state_of(request).ready_engine()
+    state = state_of(request)
+    engine = state.ready_engine()
+    adapters.check_access(state.settings, exchange_of(request).key_id, body.model, engine)
     check_model(body.model, engine)
     try:
         if body.messages is not None:
@@ -35,7 +39,9 @@ async def tokenize(request: Request) -> dict:
 @router.post("/v1/detokenize", openapi_extra=body_doc(DetokenizeRequest))
 async def detokenize(request: Request) -> dict:
     body = parse_body(await request.body(), DetokenizeRequest)
-    engine = state_of(request).ready_engine()
+    state = state_of(request)
+    engine = state.ready_engine()
+    adapters.check_access(state.settings, exchange_of(request).key_id, body.model, engine)
     check_model(body.model, engine)
     try:
         engine.check_token_ids(body.tokens, "tokens")
