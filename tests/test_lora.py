@@ -5,7 +5,6 @@ named at start by a path relative to $AZUREML_MODEL_DIR."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import httpx
