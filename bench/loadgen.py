@@ -28,21 +28,51 @@ REQUEST_TIMEOUT_S = 120  # one request, start to last byte
 DRAIN_TIMEOUT_S = 60  # after a scenario's time is up, how long in-flight requests may still take
 
 
-def body(plan: dict[str, Any], api: str, stream: bool) -> bytes:
+# Structured output: the same schema on both servers; temperature 0, so both generate the same tokens.
+JSON_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 24}, "age": {"type": "integer"},
+                   "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3}},
+    "required": ["name", "age", "tags"],
+    "additionalProperties": False,
+}
+
+
+def body(plan: dict[str, Any], api: str, stream: bool, sc: dict[str, Any] | None = None,
+         prompt: str | None = None) -> bytes:
+    """One request body; the scenario's kind (plain, beam, best_of, json) decides what is asked for."""
+    sc = sc or {}
+    kind = sc.get("kind", "plain")
     payload: dict[str, Any] = {
         "model": plan["model"],
-        "max_tokens": plan["max_tokens"],
+        "max_tokens": sc.get("max_tokens", plan["max_tokens"]),
         "ignore_eos": True,
         "temperature": 0.8,
         "stream": stream,
     }
+    if kind == "beam":  # vLLM's server takes n as the beam width; so does llamaserve without best_of
+        payload.update(use_beam_search=True, n=sc["width"], temperature=0.0)
+    elif kind == "best_of":  # the same k candidates generated either way; best_of returns only the best
+        payload.update({"n": 1, "best_of": sc["k"]} if sc["mode"] == "best_of" else {"n": sc["k"]})
+        payload["seed"] = 7
+    elif kind == "json":  # the grammar ends the output, so no ignore_eos
+        payload.update(temperature=0.0, ignore_eos=False,
+                       response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": JSON_SCHEMA}})
     if stream:
         payload["stream_options"] = {"include_usage": True}
+    text = prompt or plan["prompt"]
     if api == "chat":
-        payload["messages"] = [{"role": "user", "content": plan["prompt"]}]
+        payload["messages"] = [{"role": "user", "content": text}]
     else:
-        payload["prompt"] = plan["prompt"]
+        payload["prompt"] = text
     return orjson.dumps(payload)
+
+
+def bodies(plan: dict[str, Any], sc: dict[str, Any]) -> list[bytes]:
+    """The scenario's request bodies, sent in turn: one per prompt of the plan's `prompts` for scenarios that
+    ask for distinct prompts (beam search: no two requests share a search), else the one prompt."""
+    prompts = plan.get("prompts") if sc.get("distinct_prompts") else None
+    return [body(plan, sc["api"], sc["stream"], sc, p) for p in (prompts or [None])]
 
 
 def _has_text(chunk: dict[str, Any], api: str) -> bool:
@@ -101,17 +131,21 @@ async def one_request(session: aiohttp.ClientSession, url: str, data: bytes, api
         rec["end"] = time.perf_counter()
 
 
-async def closed_loop(session, url, data, api, stream, concurrency: int, duration_s: float, max_requests: int) -> list[dict]:
-    """`concurrency` workers, each sending its next request when the previous one ends, until time or count is up."""
+async def closed_loop(session, url, data: bytes | list[bytes], api, stream, concurrency: int, duration_s: float,
+                      max_requests: int) -> list[dict]:
+    """`concurrency` workers, each sending its next request when the previous one ends, until time or count is up.
+    With several bodies, request i sends body i (mod their number)."""
     records: list[dict] = []
     deadline = time.perf_counter() + duration_s
     issued = 0
+    datas = data if isinstance(data, list) else [data]
 
     async def worker() -> None:
         nonlocal issued
         while time.perf_counter() < deadline and issued < max_requests:
+            mine = datas[issued % len(datas)]
             issued += 1
-            records.append(await one_request(session, url, data, api, stream))
+            records.append(await one_request(session, url, mine, api, stream))
 
     await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), duration_s + DRAIN_TIMEOUT_S)
     return records
@@ -162,14 +196,17 @@ def _engine_cpu(proc: psutil.Process) -> float:
 async def _scenario(session, target: dict[str, Any], plan: dict[str, Any], sc: dict[str, Any], seed: int) -> dict[str, Any]:
     api, stream, loop, c = sc["api"], sc["stream"], sc["loop"], sc["concurrency"]
     url = target["url"] + ROUTES[api]
-    data = body(plan, api, stream)
+    data = bodies(plan, sc)
     server = target["process"]
+    # Scenarios with a fixed request count (beam search, best_of) set their own cap and a generous time limit.
+    duration_s = sc.get("duration_s", plan["duration_s"])
+    max_requests = sc.get("requests", plan["max_requests"])
     cpu0, eng0, t0 = _cpu(server), _engine_cpu(server), time.perf_counter()
     if loop == "closed":
-        records = await closed_loop(session, url, data, api, stream, c, plan["duration_s"], plan["max_requests"])
+        records = await closed_loop(session, url, data, api, stream, c, duration_s, max_requests)
     else:
-        records = await open_loop(session, url, data, api, stream, c, sc["rate"], plan["duration_s"],
-                                  plan["max_requests"], seed=seed)
+        records = await open_loop(session, url, data[0], api, stream, c, sc["rate"], duration_s, max_requests,
+                                  seed=seed)
     t1 = max([r["end"] for r in records] + [t0])
     cpu1, eng1 = _cpu(server), _engine_cpu(server)
     summary = summarize(records, wall_s=t1 - t0, server_cpu_s=cpu1 - cpu0, engine_cpu_s=eng1 - eng0)
@@ -201,12 +238,22 @@ async def run_plan(plan: dict[str, Any]) -> dict[str, Any]:
                 for stream in (True, False):
                     await closed_loop(session, t["url"] + ROUTES[api], body(plan, api, stream), api, stream, 4,
                                       plan["warmup_s"], 64)
+            warmed = set()
+            for sc in plan["scenarios"]:  # and each other kind once (a grammar's first compile, beam search)
+                kind = (sc.get("kind", "plain"), sc["api"])
+                if kind[0] == "plain" or kind in warmed or (sc.get("servers") and t["name"] not in sc["servers"]):
+                    continue
+                warmed.add(kind)
+                await closed_loop(session, t["url"] + ROUTES[sc["api"]], bodies(plan, sc), sc["api"], sc["stream"],
+                                  2, plan["warmup_s"], 4)
         step = 0
         for rnd in range(plan.get("rounds", 1)):
             for i, sc in enumerate(plan["scenarios"]):
                 order = targets if step % 2 == 0 else targets[::-1]
                 step += 1
                 for t in order:
+                    if sc.get("servers") and t["name"] not in sc["servers"]:
+                        continue  # e.g. best_of, which vLLM's server ignores
                     await asyncio.sleep(plan.get("settle_s", 0.5))  # the previous scenario's tail leaves the server
                     summary = await _scenario(session, t, plan, sc, seed=1000 + i)
                     results[t["name"]].setdefault(scenario_key(sc), []).append(summary)

@@ -37,6 +37,14 @@ PROMPT = (
     "You are benchmarking a language model server. Describe, in plain words, how a llama spends a quiet "
     "afternoon in the mountains, what it eats, and whom it meets on the way."
 )
+# Beam search, best_of and structured output: distinct prompts per request, cycled (the same on both servers).
+PROMPTS = [f"{PROMPT} Request {i}: the {topic}." for i, topic in enumerate(
+    ["morning", "river", "goats", "snow", "market", "storm", "shepherd", "night", "bridge", "festival", "fox",
+     "harvest", "lake", "cave", "wind", "stars"])]
+BEAM_WIDTHS = [2, 4, 8]
+BEAM_TOKENS = 32
+BEST_OF_K = 4
+GROUPS = ("plain", "beam", "best_of", "json")
 CONCURRENCY = [1, 8, 32, 128]
 # Open-loop arrival rates (requests/s) per concurrency cap: the same load for both servers, below their capacity.
 OPEN_RATES = {1: 2.0, 8: 10.0, 32: 20.0, 128: 30.0}
@@ -48,7 +56,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def scenarios(quick: bool, apis: list[str]) -> list[dict[str, Any]]:
+def scenarios(quick: bool, apis: list[str], groups: tuple[str, ...] = GROUPS) -> list[dict[str, Any]]:
+    out = []
+    if "plain" in groups:
+        out += _plain_scenarios(quick, apis)
+    fixed = {"loop": "closed", "stream": False, "distinct_prompts": True, "duration_s": 120.0}
+    if "beam" in groups:  # the shape: 16 requests at concurrency 4 (8 at concurrency 1), 32 tokens
+        for width in BEAM_WIDTHS:
+            for c in (1, 4):
+                out.append({**fixed, "kind": "beam", "api": "completions", "concurrency": c, "width": width,
+                            "max_tokens": BEAM_TOKENS, "requests": 8 if c == 1 else 16})
+    if "best_of" in groups:  # llamaserve only: vLLM's server ignores best_of
+        for mode in ("n", "best_of"):
+            out.append({**fixed, "kind": "best_of", "api": "completions", "concurrency": 4, "k": BEST_OF_K,
+                        "mode": mode, "requests": 32, "servers": ["llamaserve"]})
+    if "json" in groups:
+        for c in (1, 8):
+            out.append({**fixed, "kind": "json", "api": "chat", "concurrency": c, "max_tokens": 128,
+                        "requests": 8 * c})
+    return out
+
+
+def _plain_scenarios(quick: bool, apis: list[str]) -> list[dict[str, Any]]:
     out = []
     if quick:  # what the targets need: closed loop at c1 and c32, both modes
         for api in apis:
@@ -113,7 +142,7 @@ class Server:
 def llamaserve_server(cache_dir: Path, log_dir: Path, extra: list[str]) -> Server:
     port = free_port()
     argv = [PYTHON, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--model-cache-dir", str(cache_dir), "--rate-limit-rpm", "0", "--rate-limit-tpm", "0", *extra]
+            "--model-cache-dir", str(cache_dir), "--rate-limit-rpm", "0", "--rate-limit-tpm", "0", "--allow-unauthenticated", *extra]
     return Server("llamaserve", argv, {}, port, log_dir)
 
 
@@ -133,7 +162,8 @@ def drive(servers: list[Server], plan: dict[str, Any], work: Path) -> dict[str, 
     plan_path, out_path = work / "plan.json", work / "out.json"
     plan_path.write_bytes(orjson.dumps(plan))
     cmd = [PYTHON, "-m", "bench.loadgen", "--plan", str(plan_path), "--out", str(out_path)]
-    budget = plan["rounds"] * len(plan["scenarios"]) * len(servers) * (plan["duration_s"] + 70) + 300
+    budget = plan["rounds"] * sum(sc.get("duration_s", plan["duration_s"]) + 70 for sc in plan["scenarios"]) \
+        * len(servers) + 300
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=budget)
     return orjson.loads(out_path.read_bytes())
 
@@ -158,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "bench")
     parser.add_argument("--label", default="", help="saved with the results, e.g. what changed")
     parser.add_argument("--only", choices=["llamaserve", "vllm"], help="run one server (no ratios)")
+    parser.add_argument("--groups", default=",".join(GROUPS),
+                        help=f"comma-separated scenario groups: {', '.join(GROUPS)} (default all)")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)
 
@@ -165,9 +197,13 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = Path(ensure_tiny_model(args.cache_dir))
     apis = [a.strip() for a in args.apis.split(",") if a.strip()]
+    groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
+    if unknown := set(groups) - set(GROUPS):
+        parser.error(f"unknown groups: {', '.join(sorted(unknown))}")
     plan = {
         "model": MODEL_NAME,
         "prompt": PROMPT,
+        "prompts": PROMPTS,
         "max_tokens": args.max_tokens,
         "apis": apis,
         "duration_s": args.duration or (5.0 if args.quick else 6.0),
@@ -175,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "settle_s": 0.5,
         "max_requests": args.max_requests,
         "rounds": args.rounds,
-        "scenarios": scenarios(args.quick, apis),
+        "scenarios": scenarios(args.quick, apis, groups),
     }
     started = time.monotonic()
     ready: dict[str, float] = {}
@@ -183,15 +219,19 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         servers: list[Server] = []
         try:
-            # Started one after the other (llamaserve first); both load their engines while the other starts.
+            # Started one at a time (llamaserve first), each once the one before is ready, so that the time
+            # from process start to ready is each server's own and not shared with the other's start.
+            starts = []
             if args.only != "vllm":
-                servers.append(llamaserve_server(args.cache_dir, work, []))
+                starts.append(lambda: llamaserve_server(args.cache_dir, work, []))
             if args.only != "llamaserve":
-                servers.append(vllm_server(model_dir, work))
-            for srv in servers:
+                starts.append(lambda: vllm_server(model_dir, work))
+            for start in starts:
+                srv = start()
+                servers.append(srv)
                 ready[srv.name] = round(srv.wait_ready("/ready" if srv.name == "llamaserve" else "/health"), 1)
-                print(f"== {srv.name} ready ({time.monotonic() - started:.0f}s in, pid {srv.proc.pid})",
-                      file=sys.stderr, flush=True)
+                print(f"== {srv.name} ready in {ready[srv.name]}s ({time.monotonic() - started:.0f}s in, "
+                      f"pid {srv.proc.pid})", file=sys.stderr, flush=True)
             raw = drive(servers, plan, work)
         finally:
             for srv in servers:
@@ -214,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if len(results) == 2:
         rows = stats.ratio_table(results["llamaserve"], results["vllm"])
-        checks = stats.targets(results["llamaserve"], results["vllm"], apis)
+        checks = stats.targets(results["llamaserve"], results["vllm"], apis) if "plain" in groups else []
+        checks += stats.beam_targets(results["llamaserve"], results["vllm"])
+        checks += stats.best_of_targets(results["llamaserve"])
+        checks += stats.ready_target(ready)
         report["ratios"] = rows
         report["targets"] = checks
         print("\nllamaserve / vLLM (same engine, same load; >1x is better for tok/s and req/s, <1x for the rest)")
@@ -222,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(stats.format_targets(checks))
         print(stats.format_ceilings(results["vllm"], apis))
+        print(f"ready after: {', '.join(f'{k} {v:.1f}s' for k, v in ready.items())}")
         report["ceilings"] = {"stream": stats.throughput_ceiling(results["vllm"], apis, True),
                               "full": stats.throughput_ceiling(results["vllm"], apis, False)}
     else:

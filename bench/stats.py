@@ -13,6 +13,7 @@ from typing import Any
 RATIO_COLUMNS: list[tuple[str, str, bool]] = [
     ("output_tok_s", "out tok/s", True),
     ("req_s", "req/s", True),
+    ("latency_p50_ms", "lat p50", False),
     ("ttft_p50_ms", "TTFT p50", False),
     ("ttft_p99_ms", "TTFT p99", False),
     ("itl_p50_ms", "ITL p50", False),
@@ -84,7 +85,15 @@ def summarize(records: list[dict[str, Any]], *, wall_s: float, server_cpu_s: flo
 
 
 def scenario_key(s: dict[str, Any]) -> str:
-    """e.g. `chat stream closed c32`."""
+    """e.g. `chat stream closed c32`, `beam w4 c1`, `best_of=4 n=1 c4`, `json_schema chat c4`."""
+    kind = s.get("kind", "plain")
+    if kind == "beam":
+        return f"beam w{s['width']} c{s['concurrency']}"
+    if kind == "best_of":
+        head = f"best_of={s['k']} n=1" if s["mode"] == "best_of" else f"n={s['k']}"
+        return f"{head} c{s['concurrency']}"
+    if kind == "json":
+        return f"json_schema {s['api']} c{s['concurrency']}"
     return f"{s['api']} {'stream' if s['stream'] else 'full'} {s['loop']} c{s['concurrency']}"
 
 
@@ -159,6 +168,52 @@ def targets(ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]], 
         met = None if value is None else (value >= limit if higher else value <= limit)
         out.append({"name": name, "value": value, "limit": limit, "met": met})
     return out
+
+
+BEAM_TARGET = 2.0  # llamaserve's beam-search requests/s over vLLM's server's, at every width and concurrency
+BEST_OF_TARGET = 1.15  # best_of=k, n=1 may cost at most this much more than n=k
+
+
+def beam_targets(ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Beam search: requests/s llamaserve / vLLM per width and concurrency, each at least BEAM_TARGET."""
+    out = []
+    for key in ours:
+        if key.startswith("beam ") and key in theirs:
+            value = ratio(ours[key].get("req_s"), theirs[key].get("req_s"))
+            out.append({"name": f"{key}: beam search req/s >= {BEAM_TARGET:g}x vLLM", "value": value,
+                        "limit": BEAM_TARGET, "met": None if value is None else value >= BEAM_TARGET})
+    return out
+
+
+def best_of_targets(ours: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """best_of=k, n=1 against n=k on llamaserve: wall time per request (n=k req/s over best_of req/s), when both
+    generated the same tokens per request."""
+    out = []
+    for key, s in ours.items():
+        if not key.startswith("best_of="):
+            continue
+        k, rest = key[len("best_of="):].split(" n=1 ")
+        plain = ours.get(f"n={k} {rest}")
+        if not plain:
+            continue
+        cost = ratio(plain.get("req_s"), s.get("req_s"))
+        same = _tokens_per_request(s) == _tokens_per_request(plain)
+        out.append({"name": f"best_of={k} n=1 costs <= {BEST_OF_TARGET:g}x n={k} ({rest}, "
+                            f"{'same' if same else 'DIFFERENT'} tokens per request)",
+                    "value": cost, "limit": BEST_OF_TARGET,
+                    "met": None if cost is None or not same else cost <= BEST_OF_TARGET})
+    return out
+
+
+def ready_target(ready_s: dict[str, float]) -> list[dict[str, Any]]:
+    """Time from process start to ready, llamaserve / vLLM: at most 1x."""
+    value = ratio(ready_s.get("llamaserve"), ready_s.get("vllm"))
+    return [{"name": "time from process start to ready <= 1.0x vLLM", "value": value, "limit": 1.0,
+             "met": None if value is None else value <= 1.0}]
+
+
+def _tokens_per_request(s: dict[str, Any]) -> float | None:
+    return s["output_tokens"] / s["ok"] if s.get("ok") else None
 
 
 def throughput_ceiling(theirs: dict[str, dict[str, Any]], apis: Sequence[str], stream: bool, c: int = 32) -> float | None:

@@ -1,19 +1,21 @@
 """Beam search on top of the engine's one-token steps (vLLM's V1 engine has no native beam search).
 
-Each step asks the engine for one token per live beam with 2 x width alternatives; prefix caching makes the
-re-sent prefixes cheap. A beam finishes at any token of `stop_ids` (the caller's choice: the model's EOS tokens
-unless ignore_eos, plus the request's stop_token_ids).
+Each step asks for the next token's alternatives (2 x width of them) after every live beam, all beams of the step
+in one call (`Step`, engine.beam_steps). A beam finishes at any token of `stop_ids` (the caller's choice: the
+model's EOS tokens unless ignore_eos, plus the request's stop_token_ids).
 Scores are length-normalised as in Hugging Face: cumulative logprob / length ** length_penalty.
+
+Only the width survivors of a step become beams; the 2 x width^2 candidates are plain tuples, so a step costs
+O(width^2) small tuples plus O(width x length) for the survivors' token lists, not a Beam and two list copies per
+candidate.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+import heapq
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from vllm.sampling_params import SamplingParams
 
 
 @dataclass(slots=True)
@@ -28,39 +30,39 @@ class Beam:
         return self.cum_logprob / (max(len(self.tokens), 1) ** length_penalty)
 
 
-Generate = Callable[[list[int], SamplingParams, str], AsyncIterator[Any]]
+# The generated tokens of each live beam -> for each, the next token's alternatives ({token_id: has .logprob}).
+Step = Callable[[list[list[int]]], Awaitable[list[dict[int, Any]]]]
 
 
 async def beam_search(
-    generate: Generate,
-    prompt_ids: list[int],
-    step_params: SamplingParams,
+    step: Step,
     *,
     width: int,
     max_tokens: int,
-    stop_ids: set[int],
+    stop_ids: set[int] | frozenset[int],
     length_penalty: float,
     early_stopping: bool,
-    request_id: str,
 ) -> list[Beam]:
-    """All finished beams, best first."""
+    """All finished beams, best first.
+
+    Ties keep order: candidates rank by cumulative logprob, equal ones in beam order, then in the order the engine
+    listed the alternatives; finished beams rank by score, equal ones in the order they finished.
+    """
     live = [Beam()]
     done: list[Beam] = []
-    for step in range(max_tokens):
-        results = await asyncio.gather(
-            *(_one_step(generate, prompt_ids + b.tokens, step_params, f"{request_id}-s{step}-b{i}") for i, b in enumerate(live))
-        )
-        candidates: list[Beam] = []
-        for beam, alternatives in zip(live, results):
+    for _ in range(max_tokens):
+        results = await step([b.tokens for b in live])
+        candidates: list[tuple[float, int, int, dict[int, Any]]] = []
+        for i, (beam, alternatives) in enumerate(zip(live, results)):
+            base = beam.cum_logprob
             for token_id, lp in alternatives.items():
-                grown = Beam(beam.tokens + [token_id], beam.steps + [alternatives], beam.cum_logprob + lp.logprob)
                 if token_id in stop_ids:
-                    grown.finish_reason = "stop"
-                    done.append(grown)
+                    done.append(Beam(beam.tokens + [token_id], beam.steps + [alternatives], base + lp.logprob, "stop"))
                 else:
-                    candidates.append(grown)
-        candidates.sort(key=lambda b: b.cum_logprob, reverse=True)
-        live = candidates[:width]
+                    candidates.append((base + lp.logprob, i, token_id, alternatives))
+        # nlargest is stable (as sorted(..., reverse=True)[:width]), so equal scores keep candidate order.
+        best = heapq.nlargest(width, candidates, key=_cum)
+        live = [Beam(live[i].tokens + [t], live[i].steps + [alts], cum) for cum, i, t, alts in best]
         if not live or (early_stopping and len(done) >= width):
             break
     done.extend(live)
@@ -68,10 +70,5 @@ async def beam_search(
     return done
 
 
-async def _one_step(generate: Generate, tokens: list[int], params: SamplingParams, request_id: str) -> dict[int, Any]:
-    final = None
-    async for out in generate(tokens, params, request_id):
-        final = out
-    assert final is not None
-    logprobs = final.outputs[0].logprobs
-    return dict(logprobs[0]) if logprobs else {}
+def _cum(candidate: tuple[float, int, int, dict[int, Any]]) -> float:
+    return candidate[0]

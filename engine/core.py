@@ -6,15 +6,15 @@ Knows nothing about HTTP. Results leave as `engine.outputs` objects; failures as
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
 import os
 import re
-from functools import partial
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMError
@@ -22,17 +22,25 @@ from vllm.inputs.engine import tokens_input
 from vllm.lora.request import LoRARequest
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
-from vllm.v1.engine.exceptions import EngineDeadError
 
-from engine import adapters, best_of, outputs
+from engine import adapters, best_of, lifeline, outputs
 from engine.beam_search import beam_search
+from engine.beam_steps import EngineSteps
+from engine.chat_encoding import ChatEncoder
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
+from engine.failures import engine_failure
 from engine.sampling import GenerationPlan, beam_step_params, to_sampling_params
 
 log = logging.getLogger("llamaserve.engine")
 
-# Above this many characters, tokenisation moves off the event loop so other requests keep streaming.
+# How long vLLM's engine core gets to stop by itself (abort requests, stop workers) before it is killed; its
+# workers die with it (engine/lifeline.py). vLLM's default of 5 s, plus its workers' own teardown, held the exit of a
+# drained server for 5-7 s.
+_STOP_TIMEOUT_S = 1.0
+# Above this many characters (or messages), tokenisation moves off the event loop so other requests keep streaming.
 _OFFLOAD_CHARS = 20_000
+_OFFLOAD_MESSAGES = 256
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,10 @@ class LlamaEngine:
         self.info = info
         self._tokenizer = llm.get_tokenizer()
         self._encode = _text_encoder(self._tokenizer)
-        self._chat_template = chat_template
+        self._encode_off_loop = _text_encoder(self._tokenizer, off_loop=True)
+        self._chat = ChatEncoder(self._tokenizer, chat_template)
+        # Long texts are tokenised here, off the event loop; half the cores, so the loop and the engine keep theirs.
+        self._tokenize_pool = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) // 2), thread_name_prefix="tokenize")
         self._eos_ids = _eos_ids(llm, self._tokenizer)
         self.adapters = adapters.AdapterSet()
         self._lora_config = llm.vllm_config.lora_config  # None: LoRA is off
@@ -114,6 +125,7 @@ class LlamaEngine:
             generation_config="vllm",
             **options.extra,
         )
+        lifeline.install()  # engine processes die with this one, however it ends
         llm = AsyncLLM.from_engine_args(args)
         chat_template = Path(options.chat_template).read_text() if options.chat_template else None
         tokenizer = llm.get_tokenizer()
@@ -129,7 +141,8 @@ class LlamaEngine:
         return cls(llm, info, chat_template)
 
     def shutdown(self) -> None:
-        self._llm.shutdown()
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+        self._llm.shutdown(timeout=_STOP_TIMEOUT_S)
 
     @property
     def is_dead(self) -> bool:
@@ -151,25 +164,38 @@ class LlamaEngine:
 
     async def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if len(text) > _OFFLOAD_CHARS:
-            return await asyncio.to_thread(self._encode, text, add_special_tokens)
+            return await self._off_loop(self._encode_off_loop, text, add_special_tokens)
         return self._encode(text, add_special_tokens)
 
-    async def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        def render() -> list[int]:
-            try:
-                text = self._tokenizer.apply_chat_template(
-                    messages, chat_template=self._chat_template, add_generation_prompt=True, tokenize=False
-                )
-            except Exception as exc:  # template errors are the caller's conversation shape, e.g. bad role order
-                raise InvalidGenerationRequest(f"messages do not fit the chat template: {exc}", "messages") from exc
-            return self._encode(text, False)
+    async def encode_chat(self, messages: list[dict[str, str]], max_chars: int | None = None) -> list[int]:
+        """The chat template's prompt; message text never becomes control tokens (engine/chat_encoding.py).
+        `max_chars` bounds the rendered prompt, checked before it is tokenised."""
+        large = len(messages) > _OFFLOAD_MESSAGES or sum(len(m["content"]) for m in messages) > _OFFLOAD_CHARS
+        render = self._chat.render_and_scan
+        text, spoofing = await self._off_loop(render, messages) if large else render(messages)
+        if max_chars is not None and len(text) > max_chars:
+            raise InvalidGenerationRequest(
+                f"the rendered chat prompt holds {len(text)} characters, more than the limit of {max_chars}",
+                "messages",
+            )
+        if len(text) <= _OFFLOAD_CHARS:
+            return self._chat.encode(text, messages, spoofing)
+        encode = functools.partial(self._encode_off_loop, add_special_tokens=False)
+        return await self._off_loop(self._chat.encode, text, messages, spoofing, encode)
 
-        if sum(len(m["content"]) for m in messages) > _OFFLOAD_CHARS:
-            return await asyncio.to_thread(render)
-        return render()
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, fn, *args)
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
         return self._tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    async def decode_text(self, token_ids: list[int]) -> str:
+        """decode() for a client's token list: a long one is decoded off the event loop (decode_batch releases
+        the GIL, decode does not)."""
+        backend = getattr(self._tokenizer, "backend_tokenizer", None)
+        if len(token_ids) <= _OFFLOAD_CHARS // 4 or backend is None:
+            return self.decode(token_ids)
+        return await self._off_loop(lambda: backend.decode_batch([token_ids], skip_special_tokens=False)[0])
 
     def check_token_ids(self, token_ids: list[int], param: str) -> None:
         bad = [t for t in token_ids if t >= self.info.vocab_size]
@@ -239,27 +265,29 @@ class LlamaEngine:
         async for out in self._generate(prompt_ids, params, request_id, plan.adapter):
             final = out
         assert final is not None and final.finished
-        choices = [_choice(c, self._tokenizer) for c in final.outputs]
-        completion_tokens = sum(len(c.token_ids) for c in choices)
+        candidates = final.outputs
+        completion_tokens = sum(len(c.token_ids) for c in candidates)
         if plan.num_choices > plan.request.n:
-            choices = best_of.pick(choices, plan.request.n)
+            # Ranked as the engine returned them: only the n kept become choices (their logprobs only if asked).
+            candidates = best_of.pick(candidates, plan.request.n)
+            if plan.num_logprobs is None:
+                for c in candidates:
+                    c.logprobs = None
+        choices = [_choice(c, self._tokenizer) for c in candidates]
         prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer))
         return outputs.Step(choices, prompt, completion_tokens, finished=True)
 
     async def _beam_search(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> outputs.Step:
         req = plan.request
         stop_ids = set(req.stop_token_ids or ()) | (set() if req.ignore_eos else self._eos_ids)
-        beams = await beam_search(
-            partial(self._generate, adapter=plan.adapter),
-            prompt_ids,
-            beam_step_params(plan),
-            width=plan.num_choices,
-            max_tokens=plan.max_tokens,
-            stop_ids=stop_ids,
-            length_penalty=req.length_penalty,
-            early_stopping=req.early_stopping,
-            request_id=request_id,
-        )
+        steps = EngineSteps(self._llm, prompt_ids, lambda tokens: beam_step_params(plan, tokens),
+                            request_id=request_id, max_tokens=plan.max_tokens, stop_ids=stop_ids,
+                            lora_request=_lora_request(plan.adapter))
+        try:
+            beams = await beam_search(steps, width=plan.num_choices, max_tokens=plan.max_tokens, stop_ids=stop_ids,
+                                      length_penalty=req.length_penalty, early_stopping=req.early_stopping)
+        finally:
+            await steps.close()
         skip_special = True if req.skip_special_tokens is None else req.skip_special_tokens
         choices = [
             outputs.ChoiceDelta(
@@ -282,25 +310,30 @@ class LlamaEngine:
                         adapter: adapters.Adapter | None = None) -> AsyncIterator[RequestOutput]:
         if self._llm.errored:
             raise EngineUnavailable("the engine is not running")
-        lora = None if adapter is None else LoRARequest(adapter.name, adapter.id, adapter.path)
         try:
-            async for out in self._llm.generate(tokens_input(prompt_ids), params, request_id, lora_request=lora):
+            async for out in self._llm.generate(tokens_input(prompt_ids), params, request_id,
+                                                lora_request=_lora_request(adapter)):
                 yield out
-        except EngineDeadError as exc:
-            raise EngineUnavailable("the engine stopped") from exc
         except (VLLMError, ValueError) as exc:
-            if self._llm.errored:
-                raise EngineUnavailable("the engine stopped") from exc
-            raise InvalidGenerationRequest(str(exc)) from exc
+            raise engine_failure(exc, self._llm.errored) from exc
 
 
-def _text_encoder(tokenizer: Any) -> Callable[[str, bool], list[int]]:
+def _lora_request(adapter: adapters.Adapter | None) -> LoRARequest | None:
+    return None if adapter is None else LoRARequest(adapter.name, adapter.id, adapter.path)
+
+
+def _text_encoder(tokenizer: Any, off_loop: bool = False) -> Callable[[str, bool], list[int]]:
     """Text -> token ids. A fast tokenizer's Rust backend gives the same ids as `tokenizer.encode` at a fraction of
     the cost: transformers wraps every call in a BatchEncoding, measured at about a tenth of the API process's CPU
-    per streamed chat request. Only read-only backend calls are made, so sharing it across threads is safe."""
+    per streamed chat request. Only read-only backend calls are made, so sharing it across threads is safe.
+
+    `off_loop`: for a worker thread. The backend's `encode` holds the GIL throughout (a 4 MB text: ~2 s in which
+    no other request is served, even from a thread); `encode_batch` gives the same ids and releases it."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or getattr(tokenizer, "split_special_tokens", False):
         return lambda text, add_special_tokens: tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    if off_loop:
+        return lambda text, add_special_tokens: backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
     return lambda text, add_special_tokens: backend.encode(text, add_special_tokens=add_special_tokens).ids
 
 

@@ -16,3 +16,12 @@ class InvalidGenerationRequest(EngineError):
 
 class EngineUnavailable(EngineError):
     """The engine is dead or shutting down; nothing will be generated."""
+
+
+class EngineFailure(EngineError):
+    """The engine could not serve a valid request: its own fault (500), or it is full for now (503, `busy`)."""
+
+    def __init__(self, message: str, busy: bool = False):
+        super().__init__(message)
+        self.message = message
+        self.busy = busy

@@ -81,10 +81,14 @@ def to_sampling_params(plan: GenerationPlan, *, stream: bool) -> SamplingParams:
         raise InvalidGenerationRequest(str(exc)) from exc
 
 
-def beam_step_params(plan: GenerationPlan) -> SamplingParams:
-    """One beam-search step: the next token's 2 x width most likely alternatives."""
-    return SamplingParams(max_tokens=1, temperature=0.0, logprobs=2 * plan.num_choices, detokenize=False,
-                          skip_clone=True)
+def beam_step_params(plan: GenerationPlan, max_tokens: int = 1) -> SamplingParams:
+    """Beam-search steps: greedy tokens, each with the 2 x width most likely alternatives at its position.
+
+    Past one token the request runs ahead on its greedy path (engine.beam_steps); the search, not the engine,
+    decides where beams end, so EOS does not stop it.
+    """
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=2 * plan.num_choices, detokenize=False,
+                          ignore_eos=True, output_kind=RequestOutputKind.DELTA, skip_clone=True)
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:

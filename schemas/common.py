@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 Float = Annotated[float, Field(allow_inf_nan=False)]
+# vLLM's GPU model runner keeps the seed in an int64 tensor: a larger one kills the engine.
+INT64_MAX = 2**63 - 1
+# Beam scores divide by length ** length_penalty: beyond this the power overflows a float for long beams.
+LENGTH_PENALTY_LIMIT = 10.0
+# logit_bias keys are token ids in canonical decimal form: int() would also take "+5", " 5", "05" or "٥".
+TokenIdKey = Annotated[str, StringConstraints(pattern=r"^(0|[1-9][0-9]{0,9})$")]
 
 
 class StreamOptions(BaseModel):
@@ -55,15 +61,15 @@ class GenerationRequest(BaseModel):
     stop: str | Annotated[list[str], Field(max_length=16)] | None = None
     presence_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = None
-    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=INT64_MAX)] | None = None
     user: str | None = None
     response_format: ResponseFormat | None = None
-    logit_bias: dict[str, Annotated[Float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: dict[TokenIdKey, Annotated[Float, Field(ge=-100, le=100)]] | None = None
 
     # Llama / vLLM extras
     best_of: Annotated[int, Field(ge=1)] | None = None
     use_beam_search: bool = False
-    length_penalty: Float = 1.0
+    length_penalty: Annotated[Float, Field(ge=-LENGTH_PENALTY_LIMIT, le=LENGTH_PENALTY_LIMIT)] = 1.0
     early_stopping: bool = False
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None

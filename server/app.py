@@ -6,27 +6,32 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from engine.core import EngineOptions, LlamaEngine
 from server import adapters, errors, metrics, model_source
 from server.adapter_settings import lora_enabled
+from server.lifecycle import MODEL_LOAD_EXIT_CODE
 from server.limits import BodyLimitMiddleware
 from server.observability import RequestContextMiddleware
-from server.security import ApiKeyMiddleware, KeyRing, warn_if_open
+from server.security import ApiKeyMiddleware, load_keyring, warn_if_open
 from schemas import ChatCompletionRequest, CompletionRequest
 from schemas.adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
 from server.routes import adapters as adapter_routes
-from server.routes import generate, meta, tokenize
+from server.routes import generate, meta, playground, tokenize
 from server.routes.docs import document_bodies
+from server.safety.guards import Guard, start_guard
+from server.safety.moderation import Moderator
 from server.settings import Settings
 from server.state import ServerState, state_of
 
 log = logging.getLogger("llamaserve")
 
 EngineFactory = Callable[[Settings], LlamaEngine]
+GuardFactory = Callable[[Settings], Guard | None]
 
 
 def engine_options(settings: Settings) -> EngineOptions:
@@ -43,11 +48,24 @@ def engine_options(settings: Settings) -> EngineOptions:
 
 
 def start_engine(settings: Settings) -> LlamaEngine:
-    return LlamaEngine.start(engine_options(settings))
+    options = engine_options(settings)
+    # vLLM would take a missing directory for a hub id and say only that the id is malformed.
+    if options.model.startswith(("/", "./", "../", "~")) and not Path(options.model).expanduser().exists():
+        raise FileNotFoundError(f"the model directory {options.model} does not exist")
+    return LlamaEngine.start(options)
 
 
-async def _load(state: ServerState, factory: EngineFactory) -> None:
+def start_configured_guard(settings: Settings) -> Guard | None:
+    return None if settings.guard == "off" else start_guard(settings, engine_options(settings))
+
+
+async def _load(state: ServerState, factory: EngineFactory, guard_factory: GuardFactory) -> None:
     try:
+        # The guard first: a server must not turn ready, and serve unchecked, while its guard failed to start.
+        guard = await asyncio.to_thread(guard_factory, state.settings)
+        if guard is not None:
+            state.moderator = Moderator(state.settings, guard, state.metrics.registry)
+            log.info("content safety on: guard=%s, checks %s", state.settings.guard, state.settings.guard_check)
         engine = await asyncio.to_thread(factory, state.settings)
         if state.settings.lora_adapters:
             try:
@@ -57,16 +75,19 @@ async def _load(state: ServerState, factory: EngineFactory) -> None:
                 raise
         state.engine = engine
         log.info("model %s ready", state.engine.info.name)
-    except Exception as exc:  # the server stays up to report it on /health and /ready
-        log.exception("the model failed to load")
-        state.load_error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a server without its model serves nothing: exit so that the failure shows
+        state.load_error = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever vLLM's message
+        log.debug("the model failed to load", exc_info=True)
+        log.critical("the model failed to load, exiting with code %d: %s", MODEL_LOAD_EXIT_CODE, state.load_error)
+        state.lifecycle.exit_now(MODEL_LOAD_EXIT_CODE)
 
 
-def create_app(settings: Settings, engine_factory: EngineFactory = start_engine) -> FastAPI:
+def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
+               guard_factory: GuardFactory = start_configured_guard) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = state_of(app)
-        state.loader = asyncio.create_task(_load(state, engine_factory))
+        state.loader = asyncio.create_task(_load(state, engine_factory, guard_factory))
         state.lifecycle.start()
         try:
             yield
@@ -76,6 +97,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine)
             await state.lifecycle.stop()
             if state.engine is not None:
                 state.engine.shutdown()
+            if state.moderator is not None:
+                await state.moderator.close()
 
     app = FastAPI(title="llamaserve", version="0.1.0", lifespan=lifespan)
     app.state.llama = ServerState(settings=settings)
@@ -85,6 +108,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine)
     app.include_router(metrics.router)
     app.include_router(generate.router)
     app.include_router(tokenize.router)
+    app.include_router(playground.router)
     app.include_router(adapter_routes.router)
     document_bodies(app, (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest,
                           LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest))
@@ -93,15 +117,10 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine)
 
 def _protect(app: FastAPI, state: ServerState) -> None:
     """Outermost first: request id and access log, then the key check, then the body size limit."""
-    keys = KeyRing(settings_keys(state.settings))
+    keys = load_keyring(state.settings)  # keys asked for but none given: refuses, never serves open
     warn_if_open(keys)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=state.settings.max_request_bytes, timeout_s=state.settings.body_timeout_s
+    )
     app.add_middleware(ApiKeyMiddleware, state=state, keys=keys)
     app.add_middleware(RequestContextMiddleware, state=state)  # added last: runs first
-
-
-def settings_keys(settings: Settings) -> list[str]:
-    try:
-        return settings.all_api_keys()
-    except OSError as exc:  # a missing secret must stop the start, not open the server
-        raise RuntimeError(f"cannot read api_key_file {settings.api_key_file}: {exc}") from exc

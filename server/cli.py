@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import logging
 import math
+import os
 import secrets
 import signal
 import string
@@ -12,7 +15,10 @@ import typing
 from pathlib import Path
 from types import FrameType
 
-from server.settings import Settings, load_settings
+from pydantic import ValidationError
+
+from server.security import load_keyring, require_keys_or_consent
+from server.settings import Settings, describe_error, load_settings
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +46,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.connections import guarded_protocol
     from server.observability import configure_logging
     from server.state import state_of
 
@@ -59,19 +66,34 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=False,  # server.observability writes one JSON line per request instead
         loop="uvloop",
-        http="httptools",
-        # The drain cancels what still runs at shutdown_grace_s; uvicorn's own cut only backs that up.
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s) + 2,
+        # httptools, with a header timeout and a connection cap (server/connections.py).
+        http=guarded_protocol(settings.header_timeout_s, settings.max_connections),
+        # X-Forwarded-For names the client (its rate-limit bucket, its log line) only from trusted_proxies;
+        # uvicorn's default would trust 127.0.0.1 (and $FORWARDED_ALLOW_IPS).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or [],
+        # The drain cancels what still runs at shutdown_grace_s; uvicorn's own cut only backs that up, early enough
+        # that with the engine's stop (about 1 s) the process is gone within grace + 2 s.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s + 1),
     )
     # uvicorn re-raises the signal it drained for once it is done; with the default action that would end a
     # clean drain with "killed by SIGTERM" instead of exit code 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
     server = Server(config)
     server.run()
-    if not server.started:
-        sys.exit(3)  # uvicorn's start-up failure code, e.g. the port is taken
-    if state.exit_code:
-        sys.exit(state.exit_code)
+    # 3: uvicorn's start-up failure code, e.g. the port is taken
+    _exit_now(3 if not server.started else state.exit_code)
+
+
+def _exit_now(code: int) -> None:
+    """Exits once the server and its engine have stopped, skipping the interpreter's own teardown: with torch and
+    vLLM loaded that is 2-3 s of C-level finalisation, which an orchestrator waiting for the exit (and the drain's
+    promise of grace + 2 s) should not pay. Exit handlers still run; output is flushed."""
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def keygen() -> str:
@@ -98,6 +120,10 @@ def main(argv: list[str] | None = None) -> None:
         flags = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
         try:
             settings = load_settings(**flags)
+            # Keys asked for but empty, or no key and no --allow-unauthenticated: no start at all.
+            require_keys_or_consent(settings, load_keyring(settings))
+        except ValidationError as exc:  # pydantic's own text would echo inputs, secrets included
+            sys.exit(f"llamaserve: invalid settings: {describe_error(exc)}")
         except Exception as exc:  # a bad flag, env var or YAML key: say which, without a traceback
             sys.exit(f"llamaserve: invalid settings: {exc}")
         serve(settings)

@@ -29,6 +29,7 @@ _TYPES = {
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    499: "invalid_request_error",
     500: "server_error",
     503: "service_unavailable",
     504: "timeout_error",
@@ -45,6 +46,7 @@ class APIError(Exception):
         code: str | None = None,
         detail: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
+        inner: dict[str, Any] | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -53,6 +55,7 @@ class APIError(Exception):
         self.code = code
         self.detail = detail
         self.headers = headers
+        self.inner = inner  # error.innererror, e.g. Azure's content filter result
 
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_parameter") -> APIError:
@@ -72,6 +75,8 @@ def error_body(err: APIError) -> dict[str, Any]:
         "code": err.code,
         "message": err.message,
     }
+    if err.inner is not None:
+        body["error"]["innererror"] = err.inner
     if err.detail is not None:
         body["detail"] = err.detail
     return body
@@ -83,18 +88,29 @@ def error_response(err: APIError) -> Response:
     )
 
 
+# An echoed input is cut to this many characters: the input of a union error can be the whole field.
+MAX_ECHOED_INPUT = 200
+
+
 def _jsonable(value: Any) -> Any:
-    """Echoing a client's input back must never fail, whatever it was."""
+    """Echoing a client's input back must never fail, whatever it was, nor be bigger than a few lines."""
     try:
-        orjson.dumps(value)
-        return value
+        encoded = orjson.dumps(value)
     except TypeError:
-        return repr(value)
+        encoded = None
+    if encoded is not None and len(encoded) <= MAX_ECHOED_INPUT:
+        return value
+    text = repr(value) if encoded is None else encoded.decode()
+    return text if len(text) <= MAX_ECHOED_INPUT else text[:MAX_ECHOED_INPUT] + "..."
+
+
+# A body of 100k bad items yields 100k errors: the response names the first few and counts the rest.
+MAX_REPORTED_ERRORS = 10
 
 
 def from_validation_errors(errors: list[dict[str, Any]], status: int = 400) -> APIError:
     detail = []
-    for e in errors:
+    for e in errors[:MAX_REPORTED_ERRORS]:
         loc = [str(part) for part in e.get("loc", ())]
         # Union types put the tried type in the path (e.g. "str", "list[str]"): the field name comes first.
         detail.append({"loc": ["body", *loc], "input": _jsonable(e.get("input")), "msg": e.get("msg", "invalid")})
@@ -102,8 +118,9 @@ def from_validation_errors(errors: list[dict[str, Any]], status: int = 400) -> A
     param = first["loc"][1] if len(first["loc"]) > 1 else None
     where = ".".join(first["loc"][1:2]) or "body"
     message = f"{where}: {first['msg']}"
-    if len(detail) > 1:
-        message += f" (and {len(detail) - 1} more)"
+    if len(errors) > 1:
+        shown = f"; the first {len(detail)} are in detail" if len(errors) > len(detail) else ""
+        message += f" (and {len(errors) - 1} more{shown})"
     return APIError(status, message, param=param, code="invalid_parameter", detail=detail)
 
 

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from engine.adapters import Adapter
 from engine.core import LlamaEngine
-from engine.errors import EngineUnavailable, InvalidGenerationRequest
+from engine.errors import EngineError, EngineFailure, InvalidGenerationRequest
 from engine.outputs import ChoiceDelta, Step
 from engine.sampling import PASS_THROUGH_FIELDS, GenerationPlan, validate_pass_through
 from schemas import ChatCompletionRequest, CompletionRequest, ExtraParametersMode, GenerationRequest
@@ -27,6 +27,7 @@ from schemas.chat import template_messages
 from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
 from server import render, sse
 from server.errors import APIError, bad_request, error_body, from_pydantic, from_validation_errors
+from server.safety.moderation import Moderation, annotate
 from server.settings import Settings
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class Job:
     plan: GenerationPlan
     echo_texts: list[str] | None = None  # prompt texts to echo, one per prompt
     trace: Trace | None = None  # metrics and access-log hook, set by the route
+    moderation: Moderation | None = None  # content safety checks, set by the route when a guard is on
 
     @property
     def model_name(self) -> str | None:
@@ -60,7 +62,7 @@ class Job:
 # --- validate
 
 
-def parse_body(raw: bytes, model: type[BodyModel]) -> BodyModel:
+def parse_body(raw: bytes, model: type[BodyModel], settings: Settings | None = None) -> BodyModel:
     """Bodies are parsed here rather than by FastAPI, so that every failure takes the documented error shape."""
     try:
         body = orjson.loads(raw)
@@ -68,14 +70,38 @@ def parse_body(raw: bytes, model: type[BodyModel]) -> BodyModel:
         raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    if settings is not None:
+        _check_counts(body, settings)
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         raise from_pydantic(exc) from exc
 
 
-def parse_request(raw: bytes, model: type[GenerationRequest], extra_header: str | None) -> GenerationRequest:
-    req = parse_body(raw, model)
+def _check_counts(body: dict[str, Any], settings: Settings) -> None:
+    """Counts checked before validation, whose cost grows with them (a second per ~100k items)."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and len(messages) > settings.max_chat_messages:
+        raise bad_request(f"messages has {len(messages)} items, more than the limit of {settings.max_chat_messages}",
+                          "messages", "too_many_messages")
+    prompt = body.get("prompt")
+    # A list of token ids is one prompt, however long; any other list is a list of prompts.
+    if isinstance(prompt, list) and len(prompt) > settings.max_prompts_per_request and not all(
+        type(t) is int for t in prompt
+    ):
+        raise bad_request(f"prompt has {len(prompt)} prompts, more than the limit of "
+                          f"{settings.max_prompts_per_request} per request", "prompt", "too_many_prompts")
+
+
+def check_prompt_chars(chars: int, settings: Settings, param: str) -> None:
+    if chars > settings.max_prompt_chars:
+        raise bad_request(f"{param} holds {chars} characters of text, more than the limit of "
+                          f"{settings.max_prompt_chars} per request", param, "prompt_too_large")
+
+
+def parse_request(raw: bytes, model: type[GenerationRequest], extra_header: str | None,
+                  settings: Settings | None = None) -> GenerationRequest:
+    req = parse_body(raw, model, settings)
     _apply_extra_parameters(req, extra_header)
     return req
 
@@ -174,10 +200,23 @@ def _max_tokens(req: GenerationRequest, prompt_len: int, context: int, prompt_pa
     return req.max_tokens
 
 
+def _fan_out(req: GenerationRequest, settings: Settings, num_prompts: int, num_logprobs: int | None) -> int:
+    """Candidates per prompt, once the request's engine sequences (prompts x candidates) are known to fit."""
+    num_choices = _choices_and_limits(req, settings, num_logprobs)
+    if num_prompts * num_choices > settings.max_sequences_per_request:
+        param = "prompt" if num_prompts > 1 else ("best_of" if num_choices > req.n else "n")
+        raise bad_request(
+            f"{num_prompts} prompt(s) x {num_choices} candidates would start {num_prompts * num_choices} engine "
+            f"sequences, more than the limit of {settings.max_sequences_per_request} per request",
+            param, "too_many_sequences",
+        )
+    return num_choices
+
+
 def _plan(req, settings: Settings, engine: LlamaEngine, prompts: list[list[int]], prompt_param: str,
           default_max: int | None, num_logprobs: int | None, prompt_logprobs: int | None = None,
           adapter: Adapter | None = None) -> GenerationPlan:
-    num_choices = _choices_and_limits(req, settings, num_logprobs)
+    num_choices = _fan_out(req, settings, len(prompts), num_logprobs)
     if req.stop_token_ids:
         engine.check_token_ids(req.stop_token_ids, "stop_token_ids")
     if req.logit_bias:
@@ -207,8 +246,15 @@ async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings
     adapter = check_model(req.model, engine)
     if not engine.info.is_chat:
         raise bad_request("this model has no chat template; use the completions route", "messages")
-    prompt = await engine.encode_chat(template_messages(req.messages))
+    if req.top_logprobs is not None and req.logprobs is not True:
+        raise bad_request("top_logprobs requires logprobs: true", "top_logprobs")
+    if req.top_logprobs is not None and req.top_logprobs > settings.max_logprobs:
+        raise bad_request(f"top_logprobs must be at most {settings.max_logprobs}", "top_logprobs")
     k = req.num_logprobs()
+    _fan_out(req, settings, 1, k)  # before the prompt is built: refuse what cannot run before doing work for it
+    messages = template_messages(req.messages)
+    check_prompt_chars(sum(len(m["content"]) for m in messages), settings, "messages")
+    prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars)
     plan = _plan(req, settings, engine, [prompt], "messages", None, k, adapter=adapter)
     return _job(req, render.ChatFlavor(top_k=k), [prompt], plan)
 
@@ -217,14 +263,20 @@ async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settin
     adapter = check_model(req.model, engine)
     if req.suffix:
         raise bad_request("suffix is not supported: Llama models do not fill in the middle", "suffix")
+    k = req.num_logprobs()
+    given = req.prompts()
+    if len(given) > settings.max_prompts_per_request:
+        raise bad_request(f"prompt has {len(given)} prompts, more than the limit of "
+                          f"{settings.max_prompts_per_request} per request", "prompt", "too_many_prompts")
+    _fan_out(req, settings, len(given), k)
+    check_prompt_chars(sum(len(p) for p in given if isinstance(p, str)), settings, "prompt")
     prompts: list[list[int]] = []
-    for p in req.prompts():
+    for p in given:
         if isinstance(p, str):
             prompts.append(await engine.encode_text(p))
         else:
             engine.check_token_ids(p, "prompt")
             prompts.append(p)
-    k = req.num_logprobs()
     echo_logprobs = k if (req.echo and k is not None) else None
     plan = _plan(req, settings, engine, prompts, "prompt", DEFAULT_COMPLETION_MAX_TOKENS, k, echo_logprobs, adapter)
     echo_texts = None
@@ -240,6 +292,8 @@ async def respond(job: Job, engine: LlamaEngine, http_request: Request,
                   guard: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None,
                   **sse_options: Any) -> Response:
     """`guard` wraps a stream's frames (deadlines); `sse_options` go to the event stream."""
+    if job.moderation is not None:
+        await job.moderation.check_prompt()
     if job.request.stream:
         frames = _frames(job, engine)
         return sse.event_stream(guard(frames) if guard else frames, **sse_options)
@@ -254,6 +308,8 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
     except BaseExceptionGroup as failed:
         raise failed.exceptions[0] from None
     steps = [t.result() for t in tasks]
+    if job.moderation is not None:
+        await job.moderation.full(steps)
     if job.trace is not None:
         job.trace.full(steps)
     n = job.request.n
@@ -269,7 +325,7 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
                 prompt=step.prompt if echo else None,
                 prompt_text=job.echo_texts[p_idx] if echo else "",
             )
-            choices.append(job.flavor.full_choice(full))
+            choices.append(annotate(job.flavor.full_choice(full), step, c.index))
     body = job.flavor.envelope(job.request_id, int(time.time()), job.model_name or engine.info.name, chunk=False)
     body["choices"] = choices
     body["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(s.completion_tokens for s in steps))
@@ -297,7 +353,8 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
         probe = flavor.delta_choice(ChoiceDelta(0, sse.SLOT, [], None), render.ChoiceState())
         text_frame = sse.FrameTemplate({**head, "choices": [probe]})
     try:
-        async for p_idx, step in _merged(job, engine):
+        steps = _merged(job, engine)
+        async for p_idx, step in job.moderation.stream(steps) if job.moderation is not None else steps:
             if job.trace is not None:
                 job.trace.step(p_idx, step)
             if text_frame is not None and len(step.choices) == 1:
@@ -308,8 +365,8 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
                     continue
             choices = []
             for c in step.choices:
-                c.index += p_idx * n
-                choices.append(flavor.delta_choice(c, state.of(c.index)))
+                local_index, c.index = c.index, c.index + p_idx * n
+                choices.append(annotate(flavor.delta_choice(c, state.of(c.index)), step, local_index))
                 finished += c.finish_reason is not None
             completion_tokens[p_idx] = step.completion_tokens
             chunk = {**head, "choices": choices}
@@ -319,7 +376,7 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
                 last = sse.frame(chunk)  # nothing follows it but [DONE]: both go in one write
             else:
                 yield sse.frame(chunk)
-    except (EngineUnavailable, InvalidGenerationRequest) as exc:
+    except EngineError as exc:
         # Headers are gone already: the error travels as an event, which OpenAI SDKs raise as an exception.
         last = sse.frame(error_body(engine_error(exc)))
     yield last + sse.DONE
@@ -383,5 +440,9 @@ async def _disconnected(request: Request) -> None:
 def engine_error(exc: Exception) -> APIError:
     if isinstance(exc, InvalidGenerationRequest):
         return bad_request(exc.message, exc.param)
+    if isinstance(exc, EngineFailure):
+        if exc.busy:
+            return APIError(503, exc.message, code="engine_overloaded", headers={"Retry-After": "1"})
+        return APIError(500, exc.message, code="engine_error")
     return APIError(503, str(exc) or "the engine is not available", code="engine_unavailable",
                     headers={"Retry-After": "5"})

@@ -1,8 +1,10 @@
 """Graceful drain on SIGTERM and the engine watchdog.
 
-Drain: readiness turns false and new requests get 503 at once; requests in flight (streams included) get
-`shutdown_grace_s` to finish, then whatever still runs is cancelled (its engine requests aborted, streams
-closed with an error event and [DONE]) so uvicorn's own graceful shutdown finds nothing left to wait for.
+Drain: readiness turns false and new requests get 503 at once, and so do those queued for a slot (they never
+start: a client is better off retrying on another replica now than being cut at the grace); requests in flight
+(streams included) get `shutdown_grace_s` to finish, then whatever still runs is cancelled (its engine requests
+aborted, streams closed with an error event and [DONE], full responses a 503) so uvicorn's own graceful shutdown
+finds nothing left to wait for. The engine is then stopped in about a second (engine/core.py).
 
 Watchdog: if vLLM's engine core dies, requests in flight fail at once with 503, /health turns 503, and the
 process exits non-zero (via the same drain) so an orchestrator restarts it.
@@ -15,12 +17,15 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
+from server.errors import APIError
+
 if TYPE_CHECKING:
     from server.state import ServerState
 
 log = logging.getLogger("llamaserve.lifecycle")
 
 ENGINE_DEAD_EXIT_CODE = 70  # EX_SOFTWARE; 3 is uvicorn's start-up failure
+MODEL_LOAD_EXIT_CODE = 78  # EX_CONFIG: most load failures are a wrong path, a broken checkpoint or a setting
 _WATCH_INTERVAL_S = 0.25
 # Long enough for a probe to see /health at 503 and for failed responses to leave, short enough to restart fast.
 _ENGINE_DEAD_LINGER_S = 1.0
@@ -51,8 +56,9 @@ class Lifecycle:
         if any(t.get_name() == "llamaserve-drain" for t in self._tasks):
             return
         grace = self._state.settings.shutdown_grace_s
-        log.warning("draining: refusing new requests, %d in flight get %g s to finish",
-                    self._state.limits.admission.running, grace)
+        refused = self._state.limits.admission.close(_not_started("shutting_down", "the server is shutting down"))
+        log.warning("draining: refusing new requests (%d queued refused), %d in flight get %g s to finish",
+                    refused, self._state.limits.admission.running, grace)
         self._tasks.append(asyncio.get_running_loop().create_task(self._expire_after(grace), name="llamaserve-drain"))
 
     async def _expire_after(self, grace: float) -> None:
@@ -67,6 +73,19 @@ class Lifecycle:
             await asyncio.sleep(_WATCH_INTERVAL_S)
         log.critical("the engine core died: failing requests in flight and exiting with code %d", ENGINE_DEAD_EXIT_CODE)
         state.exit_code = ENGINE_DEAD_EXIT_CODE
+        state.limits.admission.close(_not_started("engine_unavailable", "the engine stopped"))
         state.limits.expire_all("engine_dead")
         await asyncio.sleep(_ENGINE_DEAD_LINGER_S)
         signal.raise_signal(signal.SIGTERM)
+
+    def exit_now(self, code: int) -> None:
+        """Stops the server (through the same drain) and makes the process exit with `code`."""
+        self._state.exit_code = code
+        signal.raise_signal(signal.SIGTERM)
+
+
+def _not_started(code: str, why: str):
+    def error() -> APIError:
+        return APIError(503, f"{why}; the request was not started", code=code, headers={"Retry-After": "5"})
+
+    return error

@@ -1,8 +1,10 @@
 """What keeps one client, or too many, from taking the server down.
 
 - request body size: 413 before parsing (Content-Length, then the bytes actually read);
-- rate limits per API key (per client address without keys): requests and tokens per minute, 429 with
-  Retry-After and OpenAI's x-ratelimit-* headers;
+- rate limits per API key (per client address without keys; see `trusted_proxies`): requests and tokens per
+  minute, 429 with Retry-After and OpenAI's x-ratelimit-* headers; tokens are reserved at admission (prompt +
+  max_tokens x choices, at most a full bucket) and settled to what was used when the request ends;
+- body read timeout: the whole body within `body_timeout_s`, else 408 and close;
 - admission: at most `max_concurrent_requests` generation requests run and `max_queued_requests` wait;
   beyond that an immediate 429 `overloaded`;
 - deadlines (server/deadlines.py): a request running past `request_timeout_s` (or still running when a drain or
@@ -15,6 +17,7 @@ import asyncio
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,11 +40,13 @@ _MAX_IDLE_BUCKETS = 10_000
 
 
 class BodyLimitMiddleware:
-    """Reads the whole body (up to the limit) before the app sees it, so no handler ever gets more."""
+    """Reads the whole body (up to the limit, within `timeout_s`) before the app sees it, so no handler ever
+    gets more, and a client that sends half a body (or drips it) holds its connection `timeout_s` at most."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
@@ -53,18 +58,29 @@ class BodyLimitMiddleware:
             return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._reject(scope, receive, send, "the request body exceeds")
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            # The whole body, not each chunk: a per-read timer would let a client drip a byte at a time forever.
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await self._reject(scope, receive, send, "the request body exceeds")
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            exchange_of_scope(scope).reject_reason = "body_timeout"
+            err = APIError(
+                408, f"the request body did not arrive within {self.timeout_s:g} s ({size} bytes received)",
+                code="request_timeout", headers={"Connection": "close"},
+            )
+            await error_response(err)(scope, receive, send)
+            return
         body = b"".join(chunks)
         delivered = False
 
@@ -142,8 +158,14 @@ class RateLimiter:
     def __bool__(self) -> bool:
         return bool(self.rpm or self.tpm)
 
-    def charge(self, identity: str, tokens: int) -> dict[str, str]:
-        """Takes one request and `tokens` from the identity's buckets; returns the headers to send, or raises 429."""
+    def reservation(self, tokens: int) -> int:
+        """What a request that may cost `tokens` takes from its bucket at admission: all of it, but at most a
+        full bucket, so that a request whose real cost fits is never impossible; `settle` charges the rest."""
+        return min(tokens, self.tpm) if self.tpm else tokens
+
+    def charge(self, identity: str, tokens: int, prompt_tokens: int = 0) -> dict[str, str]:
+        """Takes one request and the `reservation` for `tokens` from the identity's buckets; returns the headers
+        to send, or raises 429."""
         now = time.monotonic()
         requests, token_bucket = self._buckets_of(identity, now)
         for b in (requests, token_bucket):
@@ -153,13 +175,14 @@ class RateLimiter:
         for b, kind in ((requests, "requests"), (token_bucket, "tokens")):
             if b is not None:
                 headers |= b.headers(kind)
-        if token_bucket is not None and tokens > token_bucket.capacity:
+        if token_bucket is not None and prompt_tokens > token_bucket.capacity:
             raise APIError(
                 429,
-                f"this request needs up to {tokens} tokens (prompt + max_tokens x choices), more than the limit of "
-                f"{token_bucket.capacity} tokens per minute; lower max_tokens or n",
-                code="rate_limit_exceeded", param="max_tokens", headers=headers,
+                f"this request's prompts are {prompt_tokens} tokens, more than the limit of "
+                f"{token_bucket.capacity} tokens per minute; send a shorter prompt",
+                code="rate_limit_exceeded", headers=headers,
             )
+        tokens = self.reservation(tokens)
         wait = max(
             requests.wait_for(1) if requests is not None else 0.0,
             token_bucket.wait_for(tokens) if token_bucket is not None else 0.0,
@@ -181,11 +204,22 @@ class RateLimiter:
         return headers
 
     def refund(self, identity: str, tokens: int) -> None:
+        """Gives back a request and its reservation: it was refused after `charge` (queue full, timed out)."""
         requests, token_bucket = self._buckets.get(identity, (None, None))
         if requests is not None:
             requests.level = min(requests.capacity, requests.level + 1)
         if token_bucket is not None:
-            token_bucket.level = min(token_bucket.capacity, token_bucket.level + tokens)
+            token_bucket.level = min(token_bucket.capacity, token_bucket.level + self.reservation(tokens))
+
+    def settle(self, identity: str, reserved: int, used: int) -> None:
+        """A request has ended: the unused part of its reservation goes back; what it used beyond it (only
+        when the reservation was capped at a full bucket) is taken, possibly below zero, so later requests
+        wait for it."""
+        now = time.monotonic()
+        _, token_bucket = self._buckets_of(identity, now)
+        if token_bucket is not None:
+            token_bucket.refill(now)
+            token_bucket.level = min(token_bucket.capacity, token_bucket.level + reserved - used)
 
     def _buckets_of(self, identity: str, now: float) -> tuple[_Bucket | None, _Bucket | None]:
         found = self._buckets.get(identity)
@@ -217,12 +251,15 @@ class Admission:
         self.queue_limit = queue_limit
         self.running = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed: Callable[[], APIError] | None = None
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
     async def acquire(self) -> None:
+        if self._closed is not None:
+            raise self._closed()
         if self.running < self.limit and not self._waiters:
             self.running += 1
             return
@@ -235,11 +272,22 @@ class Admission:
         try:
             await fut  # release() hands its slot over: `running` already counts this request
         except BaseException:
-            if fut.done() and not fut.cancelled():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.release()
-            else:
+            elif fut in self._waiters:  # close() took out those it refused; a release() may have dropped it
                 self._waiters.remove(fut)
             raise
+
+    def close(self, error: Callable[[], APIError]) -> int:
+        """No request gets a slot from now on: those waiting and those still to come fail with `error()`."""
+        self._closed = error
+        refused = 0
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(error())
+                refused += 1
+        return refused
 
     def release(self) -> None:
         while self._waiters:
@@ -265,11 +313,12 @@ class Limits:
         loop = asyncio.get_running_loop()
         timeout_s = self.settings.request_timeout_s
         ticket = Ticket(loop.time() + timeout_s - (time.perf_counter() - exchange.started), timeout_s)
+        prompt_tokens = sum(len(p) for p in job.prompts)
         cost = charged_tokens(job)
         identity = exchange.key_id or f"addr:{exchange.client}"
         if self.rates:
             try:
-                exchange.set_headers(self.rates.charge(identity, cost))
+                exchange.set_headers(self.rates.charge(identity, cost, prompt_tokens))
             except APIError:
                 exchange.reject_reason = "rate_limited"
                 raise
@@ -287,6 +336,13 @@ class Limits:
             self.admission.release()
 
         exchange.cleanups.append(release)
+        if self.rates:
+            reserved = self.rates.reservation(cost)
+
+            def settle() -> None:  # the exchange's end: completion_tokens counts what was generated
+                self.rates.settle(identity, reserved, prompt_tokens + (exchange.completion_tokens or 0))
+
+            exchange.cleanups.append(settle)
         return ticket
 
     def expire_all(self, reason: str) -> int:
@@ -303,7 +359,8 @@ class Limits:
 
 
 def charged_tokens(job: Job) -> int:
-    """What a request may cost, known at admission: its prompt tokens plus the most it may generate."""
+    """What a request may cost, known at admission: its prompt tokens plus the most it may generate.
+    It is reserved at admission and settled at the end to prompt + the completion tokens generated."""
     return sum(len(p) for p in job.prompts) + job.plan.max_tokens * job.plan.num_choices * len(job.prompts)
 
 

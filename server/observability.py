@@ -47,6 +47,8 @@ class Exchange:
     prompt: list[str] | None = None
     output: list[str] | None = None
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    completed: bool = False  # the response's last byte was sent
+    client_gone: bool = False  # the client disconnected before that
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def set_headers(self, headers: dict[str, str]) -> None:
@@ -98,17 +100,26 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 ex.status = message["status"]
                 message = {**message, "headers": [*message.get("headers", ()), *ids, *ex.response_headers]}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                ex.completed = True
             await send(message)
 
+        async def receive_watched() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not ex.completed:
+                ex.client_gone = True
+            return message
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_watched, send_with_id)
         finally:
             ex.close()
             self._record(scope, ex)
             request_id_var.reset(token)
 
     def _record(self, scope: Scope, ex: Exchange) -> None:
-        status = ex.status or 500
+        # A client that left before its response ended is logged as nginx does (499), whatever was sent before.
+        status = 499 if ex.client_gone and not ex.completed else ex.status or 500
         route = scope.get("route")
         route_path = getattr(route, "path", None) or "unmatched"
         latency = time.perf_counter() - ex.started

@@ -1,5 +1,8 @@
 """API keys: `Authorization: Bearer <key>` or `api-key: <key>` on every route but the probes.
 
+The start fails closed: keys asked for of which none results refuse to start (`load_keyring`), and so does no
+key at all unless `allow_unauthenticated` says so (`require_keys_or_consent`, checked by `llamaserve serve`).
+
 Keys are kept only as SHA-256 digests; a presented key is hashed and compared with every stored digest
 (hmac.compare_digest, no early exit), so timing reveals neither the key nor which entry matched.
 """
@@ -18,12 +21,13 @@ from server.errors import APIError, error_response
 from server.observability import exchange_of_scope
 
 if TYPE_CHECKING:
+    from server.settings import Settings
     from server.state import ServerState
 
 log = logging.getLogger("llamaserve.security")
 
-# Probes must work for orchestrators that hold no key.
-OPEN_PATHS = frozenset({"/health", "/ready"})
+# Probes must work for orchestrators that hold no key; the playground page asks for the key itself.
+OPEN_PATHS = frozenset({"/health", "/ready", "/", "/playground"})
 # Opened only by admin keys, which their routes check (server/adapters.py): API keys must not open them.
 ADMIN_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 
@@ -88,14 +92,59 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
     def _open(self, path: str) -> bool:
-        return path in OPEN_PATHS or path in ADMIN_PATHS or (path == "/metrics" and not self.state.settings.metrics_require_key)
+        if path in OPEN_PATHS or path in ADMIN_PATHS or path.startswith("/playground/"):
+            return True
+        return path == "/metrics" and not self.state.settings.metrics_require_key
+
+
+class AuthSettingsError(ValueError):
+    """Why the server must not start with these key settings; the message never holds a key."""
+
+
+def load_keyring(settings: Settings) -> KeyRing:
+    """The keys of every source. Keys asked for (`api_keys` given in any source, or `api_key_file` set) of
+    which none results, e.g. an empty secret, stop the start: the operator meant the server to be closed."""
+    path = _shown(settings.api_key_file)
+    try:
+        keys = settings.all_api_keys()
+    except OSError as exc:  # a missing secret must stop the start, not open the server
+        raise AuthSettingsError(f"cannot read api_key_file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise AuthSettingsError(f"api_key_file {path}: {exc}") from None
+    if settings.keys_requested() and not keys:
+        sources = [name for name, given in (
+            ("api_keys (--api-keys / LLAMASERVE_API_KEYS / YAML)", "api_keys" in settings.model_fields_set),
+            (f"api_key_file {path}", settings.api_key_file is not None),
+        ) if given]
+        raise AuthSettingsError(
+            f"API keys were configured but none is set: {' and '.join(sources)} hold(s) no key (empty or blank "
+            "value, or only comments). Refusing to start with every route open; fix the secret, or drop the "
+            "setting and pass --allow-unauthenticated to serve without keys on purpose."
+        )
+    return KeyRing(keys)
+
+
+def _shown(path: object) -> str:
+    """A key pasted into the file setting by mistake must not reach the log: a bare word is not shown."""
+    return str(path) if "/" in str(path) else "(a name without a directory, not shown)"
+
+
+def require_keys_or_consent(settings: Settings, keys: KeyRing) -> None:
+    """`llamaserve serve` without any key serves only if told to: an unset or misspelt variable must not
+    open every route."""
+    if not keys and not settings.allow_unauthenticated:
+        raise AuthSettingsError(
+            "no API key is configured: set --api-keys / LLAMASERVE_API_KEYS or --api-key-file (make a key with "
+            "`llamaserve keygen`), or pass --allow-unauthenticated (LLAMASERVE_ALLOW_UNAUTHENTICATED=true) to "
+            "serve every route to anyone who can reach this port."
+        )
 
 
 def warn_if_open(keys: KeyRing) -> None:
     if not keys:
         log.warning(
-            "NO API KEY IS CONFIGURED: every route is open to anyone who can reach this port. "
-            "Set LLAMASERVE_API_KEYS or --api-key-file (make one with `llamaserve keygen`)."
+            "NO API KEY IS CONFIGURED (allow_unauthenticated): every route is open to anyone who can reach this "
+            "port. Set LLAMASERVE_API_KEYS or --api-key-file (make one with `llamaserve keygen`)."
         )
     else:
         log.info("API keys required (%d key(s) configured)", len(keys))

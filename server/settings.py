@@ -8,12 +8,14 @@ YAML key ``max_model_len``.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -24,6 +26,7 @@ from pydantic_settings import (
 )
 from typing_extensions import Annotated
 
+from engine.guard_format import resolve_codes
 from server import adapter_settings
 
 ENV_PREFIX = "LLAMASERVE_"
@@ -85,21 +88,67 @@ class Settings(BaseSettings):
     max_n: int = Field(16, ge=1, description="largest n accepted")
     max_best_of: int = Field(16, ge=1, description="largest best_of / beam width accepted")
     max_logprobs: int = Field(20, ge=0, description="largest logprobs / top_logprobs accepted")
+    max_prompts_per_request: int = Field(64, ge=1, description="most prompts in one completions request")
+    max_sequences_per_request: int = Field(
+        64, ge=1, description="most engine sequences one request may start: prompts x candidates (best_of, else n)"
+    )
+    max_chat_messages: int = Field(2048, ge=1, description="most messages in one chat or tokenize request")
+    max_prompt_chars: int = Field(
+        2_000_000, ge=1, description="most characters of prompt text in one request (all prompts; rendered chat)"
+    )
 
     # --- security and protection
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="accepted API keys, comma-separated (primary,secondary)"
     )
-    api_key_file: Path | None = Field(None, description="file with one API key per line (mounted secret)")
+    api_key_file: Path | None = Field(
+        None, description="file with one API key per line (mounted secret); blank lines and # comments are skipped"
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="serve without API keys (only behind a gateway that authenticates, or for local use)"
+    )
     metrics_require_key: bool = False
     rate_limit_rpm: int = Field(1000, ge=0, description="requests per minute per key; 0 turns it off")
     rate_limit_tpm: int = Field(200_000, ge=0, description="tokens per minute per key; 0 turns it off")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="IPs/CIDRs whose X-Forwarded-For names the client (comma-separated); none by default",
+    )
+    header_timeout_s: float = Field(10, gt=0, description="time a connection gets to send a request's headers")
+    body_timeout_s: float = Field(30, gt=0, description="time a request gets to send its whole body (else 408)")
+    max_connections: int = Field(1000, ge=1, description="open connections at once; beyond that 503 and close")
     max_concurrent_requests: int = Field(256, ge=1, description="generation requests in flight at once")
     max_queued_requests: int = Field(256, ge=0, description="waiting beyond that before 429")
     request_timeout_s: float = Field(600, gt=0)
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0)
     shutdown_grace_s: float = Field(30, ge=0, description="drain time for in-flight requests on SIGTERM")
     log_prompts: bool = Field(False, description="include prompt and output text in access logs")
+    playground: bool = Field(True, description="serve the browser playground at /playground (false: 404)")
+
+    # --- content safety (docs/SAFETY.md)
+    guard: Literal["off", "local", "remote"] = Field(
+        "off", description="Llama Guard check: off, local (a second engine in this process) or remote (guard_url)"
+    )
+    guard_model: str | None = Field(None, description="local guard: model directory or hub id")
+    guard_gpu_memory_utilization: float = Field(0.1, gt=0, le=1, description="local guard's GPU memory share")
+    guard_max_model_len: int | None = Field(None, gt=0, description="local guard's context length")
+    guard_cpu_kvcache_space_gib: int | None = Field(None, gt=0, description="local guard's KV space on CPU hosts")
+    guard_url: str | None = Field(None, description="remote guard: base URL of a llamaserve serving Llama Guard")
+    guard_api_key: SecretStr | None = Field(None, description="remote guard's API key")
+    guard_check: Literal["prompt", "output", "both"] = Field("both", description="what the guard checks")
+    guard_stream_interval_tokens: int = Field(32, ge=1, description="streams: tokens held back between checks")
+    guard_timeout_s: float = Field(10, gt=0, description="one guard check's time limit")
+    guard_on_error: Literal["open", "closed"] = Field(
+        "open", description="guard down or slow: open passes (finish_reason content_filter_error), closed 503s"
+    )
+    guard_block_categories: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["all"], description="categories that block (S1..S14 or names), comma-separated"
+    )
+    guard_key_categories: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="per API key id (the access log's key_id): the categories that block, as JSON",
+    )
+
 
     # --- LoRA adapters (fine-tunes of the base model); LoRA is on in the engine only if one is configured or
     # runtime loading is allowed, since it costs engine set-up (and torch.compile on CPU). See server/adapters.py.
@@ -120,11 +169,14 @@ class Settings(BaseSettings):
     max_lora_rank: int = Field(16, description="largest adapter rank: 1, 8, 16, 32, 64, 128, 256, 320 or 512")
     max_cpu_loras: int | None = Field(None, ge=1, description="adapters kept in CPU memory, LRU (default: max_loras)")
 
-    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "guard_block_categories", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
+        """Blank entries are dropped; whether any key is left is checked at start (server/security.py)."""
         if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
+            value = value.split(",")
+        if isinstance(value, list):
+            return [k.strip() if isinstance(k, str) else k for k in value if not (isinstance(k, str) and not k.strip())]
         return value
 
     @field_validator("lora_adapters", mode="before")
@@ -140,6 +192,41 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _lora_consistent(self) -> Settings:
         adapter_settings.check(self)
+        return self
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        for entry in value if isinstance(value, list) else ():
+            ipaddress.ip_network(str(entry), strict=False)  # ValueError names the bad entry
+        return value
+
+    @field_validator("guard_key_categories", mode="before")
+    @classmethod
+    def _json_map(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("guard_block_categories")
+    @classmethod
+    def _known_categories(cls, value: list[str]) -> list[str]:
+        resolve_codes(value)  # raises on a category Llama Guard does not have
+        return value
+
+    @field_validator("guard_key_categories")
+    @classmethod
+    def _known_key_categories(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for names in value.values():
+            resolve_codes(names)
+        return value
+
+    @model_validator(mode="after")
+    def _guard_is_complete(self) -> Settings:
+        if self.guard == "local" and not self.guard_model:
+            raise ValueError("guard=local needs guard_model (a Llama Guard 3 directory or hub id)")
+        if self.guard == "remote" and not self.guard_url:
+            raise ValueError("guard=remote needs guard_url (the base URL of a llamaserve serving Llama Guard)")
         return self
 
     @classmethod
@@ -159,11 +246,41 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
         return tuple(sources)
 
+    def keys_requested(self) -> bool:
+        """Keys were asked for in some source, even if what was given holds none (an empty secret)."""
+        return "api_keys" in self.model_fields_set or self.api_key_file is not None
+
     def all_api_keys(self) -> list[str]:
         keys = [k.get_secret_value() for k in self.api_keys]
         if self.api_key_file is not None:
-            keys += [line.strip() for line in self.api_key_file.read_text().splitlines() if line.strip()]
+            keys += key_file_lines(self.api_key_file.read_bytes())
         return keys
+
+
+def key_file_lines(raw: bytes) -> list[str]:
+    """One key per line; a UTF-8 BOM, surrounding whitespace, blank lines and `#` comment lines are not keys."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError("the API key file is not UTF-8 text") from None  # the bytes may be a secret: not shown
+    stripped = (line.strip() for line in text.splitlines())
+    return [line for line in stripped if line and not line.startswith("#")]
+
+
+# Their values are never echoed in an error; nor is the value of an unknown key (it may be a misspelt secret).
+SECRET_FIELDS = frozenset({"api_keys", "api_key_file"})
+
+
+def describe_error(exc: ValidationError) -> str:
+    """A settings error for the operator, without any secret: pydantic's own text echoes every input."""
+    lines = [f"{exc.error_count()} invalid setting(s)"]
+    for err in exc.errors(include_url=False, include_context=False):
+        loc = ".".join(str(part) for part in err["loc"]) or "settings"
+        line = f"{loc}: {err['msg']}"
+        if err["loc"] and err["loc"][0] not in SECRET_FIELDS and err["type"] != "extra_forbidden" and "input" in err:
+            line += f" (got {str(err['input'])[:80]!r})"
+        lines.append(line)
+    return "\n  ".join(lines)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -12,6 +12,7 @@ from server.errors import APIError
 from server.lifecycle import Lifecycle
 from server.limits import Limits
 from server.metrics import Metrics
+from server.safety.moderation import Moderator
 from server.settings import Settings
 
 
@@ -20,6 +21,7 @@ class ServerState:
     settings: Settings
     engine: LlamaEngine | None = None
     load_error: str | None = None
+    moderator: Moderator | None = None  # content safety, when a guard is configured
     draining: bool = False
     loader: asyncio.Task | None = None
     background: list[asyncio.Task] = field(default_factory=list)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -25,21 +26,82 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    """A `llamaserve serve` child process on a loopback port."""
+# Every server process group still alive; the session's end kills what is left (see pytest_sessionfinish).
+_LIVE_GROUPS: set[int] = set()
+_PR_SET_PDEATHSIG = 1
 
-    def __init__(self, args: list[str] | None = None, env: dict[str, str] | None = None):
+
+def _die_with_the_test_run() -> None:
+    """In the child before exec: its own session (so that the group holds it, the engine and the engine's workers),
+    and on Linux a SIGKILL when the test run dies, even by SIGKILL or os._exit (pytest-timeout's thread method)."""
+    os.setsid()
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def kill_group(pgid: int, timeout: float = 10) -> bool:
+    """SIGKILLs every process of the group; True once none is left (zombies of ours are reaped by the caller)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        _LIVE_GROUPS.discard(pgid)
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not group_members(pgid):
+            _LIVE_GROUPS.discard(pgid)
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, read from /proc (elsewhere: whether any process is left)."""
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        return [pgid]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # /proc/PID/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces and parentheses.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+class ServerProcess:
+    """A `llamaserve serve` child process on a loopback port, in its own session: `stop()` ends the whole group
+    (API process, EngineCore, workers), and the session's end kills any group a test left behind."""
+
+    def __init__(self, args: list[str] | None = None, env: dict[str, str] | None = None,
+                 command: list[str] | None = None, allow_unauthenticated: bool = True):
         self.port = free_port()
+        # Servers without keys must say so; with keys the flag changes nothing (server/security.py).
+        consent = ["--allow-unauthenticated"] if allow_unauthenticated else []
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="llamaserve-test-", suffix=".log")[1])
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *(args or [])],
+            command or [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                        *consent, *(args or [])],
             cwd=ROOT,
             env={**os.environ, "LLAMASERVE_MODEL_CACHE_DIR": str(CACHE_DIR), **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_the_test_run,
         )
+        self.pgid = self.proc.pid  # setsid made it the group's leader
+        _LIVE_GROUPS.add(self.pgid)
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
@@ -58,16 +120,30 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_tail()}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        """`sig` to the API process (SIGTERM: a graceful drain, up to `timeout`), then SIGKILL to whatever is left
+        of its group. Returns the API process's exit code."""
+        if self.proc.poll() is None and sig != signal.SIGKILL:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                pass
+        gone = kill_group(self.pgid)
+        self.proc.wait(10)
         self._log.close()
+        assert gone, f"processes of server group {self.pgid} survived SIGKILL: {group_members(self.pgid)}"
         return self.proc.returncode
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The safety net: whatever way the run ends (failure, Ctrl-C, a fixture that never got to stop its server),
+    no server group outlives it."""
+    for pgid in list(_LIVE_GROUPS):
+        kill_group(pgid)
+
+
+atexit.register(pytest_sessionfinish, None, None)
 
 
 @pytest.fixture()

@@ -1,4 +1,5 @@
-"""Beam search's bookkeeping, on scripted one-token steps (the real engine runs it in test_params_best_of_beam)."""
+"""Beam search's bookkeeping on scripted steps (no engine); the real engine runs it in test_beam_reference and
+test_params_best_of_beam."""
 
 from __future__ import annotations
 
@@ -12,21 +13,23 @@ STOP = 9
 ALTERNATIVES = {STOP: -0.1, 1: -1.0, 2: -1.2, 3: -3.0}
 
 
-def scripted():
-    calls = []
-
-    async def generate(tokens, params, request_id):
-        calls.append(list(tokens))
-        logprobs = {t: SimpleNamespace(logprob=lp) for t, lp in ALTERNATIVES.items()}
-        yield SimpleNamespace(outputs=[SimpleNamespace(logprobs=[logprobs])])
-
-    return generate, calls
+def lp(value: float) -> SimpleNamespace:
+    return SimpleNamespace(logprob=value)
 
 
-def run(**options):
-    generate, calls = scripted()
-    beams = asyncio.run(beam_search(generate, [100], None, width=1, max_tokens=4, stop_ids={STOP},
-                                    request_id="r", **options))
+def scripted(alternatives=lambda tokens: ALTERNATIVES):
+    calls: list[list[list[int]]] = []
+
+    async def step(generated):
+        calls.append([list(g) for g in generated])
+        return [{t: lp(v) for t, v in alternatives(g).items()} for g in generated]
+
+    return step, calls
+
+
+def run(width=1, max_tokens=4, step=None, **options):
+    step, calls = step or scripted()
+    beams = asyncio.run(beam_search(step, width=width, max_tokens=max_tokens, stop_ids={STOP}, **options))
     return beams, calls
 
 
@@ -39,7 +42,7 @@ def test_early_stopping_ends_once_width_beams_are_done():
 def test_without_early_stopping_the_search_runs_to_max_tokens():
     beams, calls = run(length_penalty=1.0, early_stopping=False)
     assert len(calls) == 4
-    assert calls[1] == [100, 1]  # the live beam grew by the best non-stop token
+    assert calls[1] == [[1]]  # the live beam grew by the best non-stop token
     assert {b.finish_reason for b in beams} == {"stop", "length"}
 
 
@@ -49,3 +52,27 @@ def test_length_penalty_decides_between_short_and_long_beams():
     assert short_first[0].tokens == [STOP]
     long_first, _ = run(length_penalty=4.0, early_stopping=False)
     assert len(long_first[0].tokens) > 1
+
+
+def test_a_step_asks_for_every_live_beam_at_once_and_keeps_the_width_best():
+    beams, calls = run(width=2, max_tokens=3, length_penalty=1.0, early_stopping=False)
+    assert [len(c) for c in calls] == [1, 2, 2]  # one call per step, all live beams in it
+    assert calls[1] == [[1], [2]]  # the two best non-stop candidates of step 0, best first
+    assert calls[2] == [[1, 1], [1, 2]]  # [1, 1] -2.0 and [1, 2] -2.2 beat [2, 1] -2.2 (later) and [2, 2] -2.4
+    live = [b for b in beams if b.finish_reason == "length"]
+    assert [b.tokens for b in live] == [[1, 1, 1], [1, 1, 2]]
+    assert live[0].cum_logprob == -3.0 and len(live[0].steps) == 3
+
+
+def test_equal_scores_keep_beam_then_alternative_order():
+    # Every alternative is equally likely: the first beam's alternatives in the engine's order win.
+    flat = {5: -1.0, 4: -1.0, 6: -1.0}
+    beams, calls = run(width=2, max_tokens=2, step=scripted(lambda g: flat), length_penalty=1.0,
+                       early_stopping=False)
+    assert calls[1] == [[5], [4]]
+    assert [b.tokens for b in beams] == [[5, 5], [5, 4]]
+
+
+def test_a_beam_with_no_alternatives_ends_the_search_when_none_is_left():
+    beams, calls = run(width=2, step=scripted(lambda g: {}), length_penalty=1.0, early_stopping=False)
+    assert len(calls) == 1 and beams == []

@@ -310,3 +310,18 @@ def test_default_preset_is_the_1b_preset():
     assert yaml.safe_load(defaults["preset"]) == yaml.safe_load(
         (PRESETS / f"{defaults['presetName']}.yaml").read_text()
     )
+
+
+def test_an_empty_api_key_in_the_chart_secret_is_refused():
+    for blank in ("", "  "):
+        with pytest.raises(helm_python.HelmError, match="empty key"):
+            render({"secret": {"create": True, "apiKeys": ["k-primary-0123456789", blank]}})
+
+
+def test_auth_disabled_says_so_to_the_server_and_auth_enabled_never_does():
+    def env_of(values: dict) -> dict:
+        return {e["name"]: e for e in pod_templates(render(values))[0][1]["containers"][0]["env"]}
+
+    open_env = env_of({"auth": {"enabled": False}})
+    assert open_env["LLAMASERVE_ALLOW_UNAUTHENTICATED"]["value"] == "true" and "LLAMASERVE_API_KEYS" not in open_env
+    assert "LLAMASERVE_ALLOW_UNAUTHENTICATED" not in env_of({})

@@ -111,7 +111,7 @@ def test_dashboard_and_alerts_cover_what_an_operator_watches():
         "queue depth": "vllm:num_requests_waiting",
         "KV-cache use": "vllm:kv_cache_usage_perc",
         "rejections (rate limits, overload)": "llamaserve_rejected_requests_total",
-        "guard blocks": GUARD_PREFIX + "blocked_total",
+        "guard blocks": GUARD_PREFIX + "blocks_total",
     }.items():
         assert metric in every, topic
     queries = " ".join(q for qs in panel_queries(dashboard).values() for q in qs)
@@ -160,3 +160,20 @@ def test_every_metric_a_panel_or_rule_uses_is_served(server, client):
         if optional:
             missing = {m for m in missing if not m.startswith(GUARD_PREFIX)}
         assert not missing, f"{where} uses {sorted(missing)}, which /metrics does not serve"
+
+
+def test_guard_panels_read_the_metrics_the_guard_registers(clean_env):
+    """The guard's metrics are registered only on a server with a guard: check the panels against those names."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from server.safety.moderation import Moderator
+    from server.settings import Settings
+
+    registry = CollectorRegistry()
+    Moderator(Settings(guard="remote", guard_url="http://guard.invalid"), guard=None, registry=registry)
+    served = served_names(generate_latest(registry).decode())
+    dashboard, rules = shipped()
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])] + [r["expr"] for r in rules]
+    used = {m for e in exprs for m in metric_names(e) if m.startswith(GUARD_PREFIX)}
+    assert used, "the dashboard shows guard blocks"
+    assert used <= served, sorted(used - served)

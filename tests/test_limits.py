@@ -14,12 +14,14 @@ from server.deadlines import STALLED_SEND_GRACE_S
 from tests.conftest import ServerProcess
 from tests.probes import metric, sse_events, wait_until
 
-KEYS = [f"limits-key-{i:02d}-0123456789abcdef" for i in range(12)]
+KEYS = [f"limits-key-{i:02d}-0123456789abcdef" for i in range(13)]
 RPM, TPM, TIMEOUT_S, MAX_BYTES = 5, 5000, 3, 4096
 PATIENT_TIMEOUT_S = 12
 # Work that outlasts TIMEOUT_S even on an idle machine (logprobs make every step costly), within the TPM budget.
 SLOW_REQUEST = {"prompt": "hi", "max_tokens": 490, "n": 10, "logprobs": 20, "ignore_eos": True}
 PASS = {"extra-parameters": "pass-through"}
+# Every choice's first token is forced (+100 bias) and stops it: a large reservation, one token used per choice.
+ONE_TOKEN_EACH = {"temperature": 1.0, "logit_bias": {"100": 100}, "stop_token_ids": [100]}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def test_requests_per_minute(limited):
 
 
 def test_tokens_per_minute_charge_prompt_plus_max_tokens_times_choices(limited):
-    body = {"prompt": "hi", "max_tokens": 100, "n": 16}
+    body = {"prompt": "hi", "max_tokens": 100, "n": 16, "ignore_eos": True}  # each uses all it reserved
     with _client(limited, 2) as c:
         first = c.post("/v1/completions", json=body)
         assert first.status_code == 200, first.text
@@ -76,10 +78,23 @@ def test_tokens_per_minute_charge_prompt_plus_max_tokens_times_choices(limited):
     assert statuses == [200, 200, 429]
 
 
-def test_a_request_larger_than_the_token_limit_is_refused_at_once(limited):
+def test_what_a_request_did_not_use_is_refunded_when_it_ends(limited):
+    body = {"prompt": "hi", "max_tokens": 1000, "n": 4, **ONE_TOKEN_EACH}  # reserves ~4000 of 5000
     with _client(limited, 3) as c:
-        resp = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 480, "n": 16})
-    assert resp.status_code == 429 and "more than the limit" in resp.json()["error"]["message"]
+        responses = [c.post("/v1/completions", json=body) for _ in range(4)]
+    assert [r.status_code for r in responses] == [200] * 4, responses[-1].text
+    assert all(r.json()["usage"]["completion_tokens"] == 4 for r in responses)
+    # Each saw its own reservation taken while it ran, and the previous ones' refunds.
+    assert all(int(r.headers["x-ratelimit-remaining-tokens"]) < TPM - 4000 for r in responses)
+
+
+def test_a_request_that_may_cost_more_than_the_token_limit_is_served_when_its_use_fits(limited):
+    body = {"prompt": "hi", "max_tokens": 480, "n": 16, **ONE_TOKEN_EACH}  # up to 7680 tokens at 5000 per minute
+    with _client(limited, 12) as c:
+        resp = c.post("/v1/completions", json=body)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["usage"]["completion_tokens"] == 16
+        assert c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1}).status_code == 200
 
 
 def test_overload_is_refused_at_once_and_slots_are_held_until_the_last_frame(limited):

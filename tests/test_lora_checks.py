@@ -238,10 +238,22 @@ class _RefusingEngine:
 
 def test_an_adapter_named_at_start_that_does_not_load_fails_the_start(clean_env, tmp_path):
     from server.app import _load
+    from server.lifecycle import MODEL_LOAD_EXIT_CODE
     from server.state import ServerState
 
     engine = _RefusingEngine()
     state = ServerState(settings=Settings(lora_adapters={"support": str(tmp_path)}))
-    asyncio.run(_load(state, lambda _: engine))
+    exits: list[int] = []
+    clean_env.setattr(state.lifecycle, "exit_now", exits.append)  # the real one signals this process
+    asyncio.run(_load(state, lambda _: engine, lambda _: None))
     assert state.engine is None and engine.stopped
     assert f"support={tmp_path}: rank of support too high" in state.load_error
+    assert exits == [MODEL_LOAD_EXIT_CODE]
+
+
+def test_the_guard_engine_never_gets_lora(clean_env, tiny_model):
+    from server.safety.guards import local_guard_options
+
+    settings = Settings(model=str(tiny_model), allow_runtime_lora=True, guard="local", guard_model="/guard")
+    assert engine_options(settings).enable_lora
+    assert not local_guard_options(settings, engine_options(settings)).enable_lora

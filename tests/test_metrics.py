@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 
 from tests.probes import access_lines, metric
 from tests.sse_client import read_events

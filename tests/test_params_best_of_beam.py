@@ -29,6 +29,24 @@ def test_best_of_returns_the_candidate_with_the_highest_mean_logprob(client):
         assert best["usage"]["completion_tokens"] == candidates["usage"]["completion_tokens"]  # all 4 were generated
 
 
+@pytest.mark.parametrize("extra", [
+    {"skip_special_tokens": False, "logit_bias": {"1022": 5.0}},  # EOS (<|eot_id|>) made likely
+    {"stop_token_ids": list(range(100, 300))},  # stops within a few tokens
+    {"max_tokens": 40, "ignore_eos": True},
+])
+def test_best_of_text_is_the_engines_text_for_that_candidate(client, extra):
+    # best_of converts only the kept candidate (without logprobs unless asked): the same text and finish as n=k's
+    # best candidate, also where the engine stopped at EOS or a stop token id.
+    stops = 0
+    for seed in range(4):
+        base = {"max_tokens": 24, "seed": 40 + seed, "logprobs": 0, "temperature": 1.0, **extra}
+        top = max(complete(client, n=4, **base)["choices"], key=mean_logprob)
+        best = complete(client, n=1, best_of=4, **{k: v for k, v in base.items() if k != "logprobs"})["choices"][0]
+        assert best["text"] == top["text"] and best["finish_reason"] == top["finish_reason"]
+        stops += top["finish_reason"] == "stop"
+    assert stops or extra.get("ignore_eos")  # the stopping cases did stop
+
+
 def test_best_of_beats_plain_samples_over_seeds(client):
     picked, plain = [], []
     for seed in range(5):

@@ -76,7 +76,7 @@ def test_logprobs_cap(client):
     resp = client.post("/v1/completions", json={"prompt": "x", "logprobs": 21})
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "logprobs"
     resp = client.post("/v1/chat/completions", json={"messages": MESSAGES, "logprobs": True, "top_logprobs": 50})
-    assert resp.status_code == 400 and resp.json()["error"]["param"] == "logprobs"
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "top_logprobs"
 
 
 def test_echo_prepends_the_prompt(client):

@@ -21,13 +21,18 @@ from tests.probes import engine_in_flight, metric, sse_events, wait_until
 PASS = {"extra-parameters": "pass-through"}
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 GRACE_S = 3
+# Tokens a request asks for that no machine generates before the grace (the drain server's context allows it).
+ENDLESS = 60_000
 LOAD_CLIENTS, LOAD_SECONDS = 64, 8
 
 
 @pytest.fixture(scope="module")
 def doomed_pair(tiny_model):
     """Two servers that these tests end: one drained by SIGTERM, one whose engine is killed (started together)."""
-    pair = (ServerProcess(["--shutdown-grace-s", str(GRACE_S)]), ServerProcess([]))
+    long_context = ["--max-model-len", str(ENDLESS + 1024), "--rate-limit-rpm", "0", "--rate-limit-tpm", "0"]
+    env = {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}  # past the tiny model's 1,024 positions: random weights anyway
+    pair = (ServerProcess(["--shutdown-grace-s", str(GRACE_S), *long_context], env=env),
+            ServerProcess(long_context, env=env))
     try:
         yield tuple(srv.wait_ready() for srv in pair)
     finally:
@@ -51,34 +56,70 @@ def _stream_in_thread(base_url: str, body: dict, out: dict, key: str) -> threadi
     return t
 
 
-def test_sigterm_drains_in_flight_streams_then_exits_0(doomed_pair):
+def _post_in_thread(base_url: str, body: dict, out: dict, key: str) -> threading.Thread:
+    def run() -> None:
+        try:
+            r = httpx.post(base_url + "/v1/chat/completions", json=body, headers=PASS, timeout=60)
+            out[key] = (r.status_code, r.json(), time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            out[key] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(doomed_pair):
     srv = doomed_pair[0]
+    descendants = psutil.Process(srv.proc.pid).children(recursive=True)
     out: dict = {}
-    short = _stream_in_thread(srv.base_url, {**CHAT, "max_tokens": 60, "ignore_eos": True, "stream": True}, out, "short")
-    long = _stream_in_thread(
-        srv.base_url, {**CHAT, "max_tokens": 480, "n": 16, "ignore_eos": True, "stream": True}, out, "long"
-    )
-    assert wait_until(lambda: "short.first" in out and "long.first" in out, 30)
+    endless = {**CHAT, "max_tokens": ENDLESS, "ignore_eos": True}
+    threads = [
+        _stream_in_thread(srv.base_url, {**endless, "stream": True}, out, "stream"),
+        _post_in_thread(srv.base_url, endless, out, "full"),
+    ]
+    assert wait_until(lambda: "stream.first" in out and engine_in_flight(srv.base_url) == 2, 30)
+    threads.append(_stream_in_thread(srv.base_url, {**CHAT, "max_tokens": 20, "ignore_eos": True, "stream": True},
+                                     out, "short"))
+    assert wait_until(lambda: "short.first" in out, 30)
     sent = time.monotonic()
     srv.proc.send_signal(signal.SIGTERM)
     # Readiness turns false (or the port has closed already) and new requests are refused.
     refused = wait_until(lambda: _refused(srv.base_url), 3, 0.05)
-    short.join(30)
-    long.join(30)
+    for t in threads:
+        t.join(30)
     rc = srv.proc.wait(60)
     exited = time.monotonic() - sent
-    print(f"\n[drain] grace {GRACE_S} s: exit code {rc} {exited:.1f} s after SIGTERM")
+    cut_stream, cut_full = out["stream"][2] - sent, out["full"][2] - sent
+    print(f"\n[drain] grace {GRACE_S} s: endless stream cut {cut_stream:.2f} s and endless full response "
+          f"{cut_full:.2f} s after SIGTERM; exit code {rc} {exited:.2f} s after SIGTERM")
     assert refused
     status, raw, ended = out["short"]
     events, done = sse_events(raw)
     assert status == 200 and done and events[-1]["choices"][0]["finish_reason"] == "length"
     assert ended - sent < GRACE_S
-    status, raw, ended = out["long"]
+    status, raw, _ = out["stream"]
     events, done = sse_events(raw)
-    assert status == 200 and done and events[-1]["error"]["code"] == "shutting_down"
-    assert GRACE_S - 0.5 < ended - sent < GRACE_S + 2
-    assert rc == 0
+    assert status == 200 and done and events[-1]["error"]["code"] == "shutting_down", raw[-500:]
+    assert GRACE_S - 0.2 < cut_stream < GRACE_S + 1
+    status, body, _ = out["full"]
+    assert status == 503 and body["error"]["code"] == "shutting_down", body
+    assert GRACE_S - 0.2 < cut_full < GRACE_S + 1
+    assert rc == 0 and exited < GRACE_S + 2
     assert "Traceback" not in srv.log_tail(200_000)
+    # The engine went with it: EngineCore and its worker stopped within the exit's deadline.
+    assert not _alive(descendants), _alive(descendants)
+
+
+def _alive(processes: list[psutil.Process]) -> list[str]:
+    found = []
+    for p in processes:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(f"{p.pid} {p.name()}")
+        except psutil.NoSuchProcess:
+            pass
+    return found
 
 
 def _refused(base_url: str) -> bool:
@@ -91,19 +132,18 @@ def _refused(base_url: str) -> bool:
 def test_engine_death_fails_requests_fast_and_exits_non_zero(doomed_pair):
     srv = doomed_pair[1]
     out: dict = {}
-    stream = _stream_in_thread(srv.base_url, {**CHAT, "max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True},
-                               out, "stream")
+    endless = {**CHAT, "max_tokens": ENDLESS, "ignore_eos": True}  # still running when the engine dies
+    stream = _stream_in_thread(srv.base_url, {**endless, "stream": True}, out, "stream")
 
     def full() -> None:
-        out["full"] = httpx.post(srv.base_url + "/v1/chat/completions", headers=PASS, timeout=60,
-                                 json={**CHAT, "max_tokens": 480, "n": 8, "ignore_eos": True})
+        out["full"] = httpx.post(srv.base_url + "/v1/chat/completions", headers=PASS, timeout=60, json=endless)
 
     waiter = threading.Thread(target=full, daemon=True)
     waiter.start()
-    assert wait_until(lambda: "stream.first" in out, 30)
-    time.sleep(0.3)
-    cores = [p for p in psutil.Process(srv.proc.pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline()) + p.name()]
-    assert cores, [p.name() for p in psutil.Process(srv.proc.pid).children(recursive=True)]
+    assert wait_until(lambda: "stream.first" in out and engine_in_flight(srv.base_url) == 2, 30)
+    descendants = psutil.Process(srv.proc.pid).children(recursive=True)
+    cores = [p for p in descendants if "EngineCore" in " ".join(p.cmdline()) + p.name()]
+    assert cores and len(descendants) > len(cores), [p.name() for p in descendants]  # its worker too
     killed = time.monotonic()
     for p in cores:
         p.kill()
@@ -122,6 +162,8 @@ def test_engine_death_fails_requests_fast_and_exits_non_zero(doomed_pair):
     waiter.join(10)
     print(f"\n[engine death] exit code {srv.proc.returncode} {exited:.1f} s after the kill; /health seen: {sorted(set(map(str, health)))}")
     assert srv.proc.returncode not in (0, None)
+    # The killed EngineCore's worker does not outlive it (engine/lifeline.py), nor does anything else.
+    assert wait_until(lambda: not _alive(descendants), 5), _alive(descendants)
     assert 503 in health
     assert out["full"].status_code == 503, out["full"].text
     status, raw, _ = out["stream"]

@@ -36,7 +36,7 @@ CLOSED = [
 @pytest.fixture(scope="module")
 def keyed(tiny_model, tmp_path_factory):
     key_file = tmp_path_factory.mktemp("secrets") / "keys"
-    key_file.write_text(f"\n{FILE_KEY}\n\n")
+    key_file.write_text(f"\ufeff# rotated 2026-11: the old key is gone\n\n  {FILE_KEY}\n\n")  # BOM, comment, blanks
     srv = ServerProcess(
         ["--api-key-file", str(key_file), "--metrics-require-key", "--log-prompts"],
         env={"LLAMASERVE_API_KEYS": ",".join(ENV_KEYS)},

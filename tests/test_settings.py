@@ -101,3 +101,15 @@ def test_model_source_order(monkeypatch, tmp_path):
     monkeypatch.setenv("AZUREML_MODEL_DIR", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError):
         model_source.resolve(Settings())
+
+
+def test_guard_settings_need_their_model_or_url_and_known_categories(clean_env):
+    assert load_settings().guard == "off"
+    for bad, needs in (({"guard": "local"}, "guard_model"), ({"guard": "remote"}, "guard_url"),
+                       ({"guard_block_categories": "S1,S99"}, "S99"),
+                       ({"guard_key_categories": '{"ab12cd34": ["gore"]}'}, "gore")):
+        with pytest.raises(ValidationError, match=needs):
+            load_settings(**bad)
+    s = load_settings(guard="remote", guard_url="http://g:8000", guard_block_categories="S1, hate",
+                      guard_key_categories='{"ab12cd34": ["violence"]}')
+    assert s.guard_block_categories == ["S1", "hate"] and s.guard_key_categories == {"ab12cd34": ["violence"]}

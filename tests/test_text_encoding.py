@@ -44,3 +44,12 @@ def test_same_ids_as_the_tokenizer(tokenizer, encode, text, add_special_tokens):
 def test_same_ids_on_any_text(tokenizer, encode, parts, special):
     text = "".join(parts)
     assert encode(text, special) == tokenizer.encode(text, add_special_tokens=special)
+
+
+@settings(max_examples=100, deadline=None)
+@given(parts=st.lists(st.one_of(st.text(max_size=40), st.sampled_from(SPECIAL)), max_size=6), special=st.booleans())
+def test_the_off_loop_encoder_gives_the_same_ids(tokenizer, encode, parts, special):
+    from engine.core import _text_encoder
+
+    text = "".join(parts)
+    assert _text_encoder(tokenizer, off_loop=True)(text, special) == encode(text, special)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from engine.errors import EngineUnavailable, InvalidGenerationRequest
+from engine.errors import EngineError
 from schemas import ChatCompletionRequest, CompletionRequest
 from server import adapters, generation
 from server.limits import sse_options
@@ -20,7 +20,7 @@ router = APIRouter(tags=["generation"])
 
 async def _serve(request: Request, model: type, prepare: Any) -> Response:
     state = state_of(request)
-    req = generation.parse_request(await request.body(), model, request.headers.get("extra-parameters"))
+    req = generation.parse_request(await request.body(), model, request.headers.get("extra-parameters"), state.settings)
     engine = state.ready_engine()
     exchange = exchange_of(request)
     adapters.check_access(state.settings, exchange.key_id, req.model, engine)
@@ -28,9 +28,11 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
         job = await prepare(req, engine, state.settings)
         ticket = await state.limits.admit(job, exchange)
         job.trace = state.metrics.trace(exchange, job, engine, state.settings.log_prompts)
+        if state.moderator is not None:
+            job.moderation = state.moderator.for_request(job, engine, exchange.key_id)
         reply = generation.respond(job, engine, request, ticket.stream, **sse_options(state.settings))
         return await ticket.within(reply)
-    except (InvalidGenerationRequest, EngineUnavailable) as exc:
+    except EngineError as exc:
         raise generation.engine_error(exc) from exc
 
 

@@ -1,34 +1,52 @@
-"""POST /tokenize and /detokenize (also under /v1)."""
+"""POST /tokenize and /detokenize (also under /v1).
+
+Both take an admission slot and a request from the rate limits, as generation does, and before the work:
+tokenising a few MB is seconds of CPU. Tokens are not charged: nothing is generated.
+"""
 
 from __future__ import annotations
+
+import uuid
 
 from fastapi import APIRouter, Request
 
 from engine.errors import InvalidGenerationRequest
+from engine.sampling import GenerationPlan
 from schemas.chat import template_messages
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
 from server import adapters
 from server.errors import bad_request
-from server.generation import check_model, parse_body
+from server.generation import Job, check_model, check_prompt_chars, parse_body
 from server.observability import exchange_of
 from server.routes.docs import body_doc
-from server.state import state_of
+from server.state import ServerState, state_of
 
 router = APIRouter(tags=["tokenizer"])
+
+
+async def _admit(state: ServerState, request: Request) -> None:
+    """One request, no tokens, one slot until the response is sent (through the generation routes' admission)."""
+    work = Job("tok-" + uuid.uuid4().hex, None, None, [], GenerationPlan(None, 0, 1, None))  # type: ignore[arg-type]
+    await state.limits.admit(work, exchange_of(request))
 
 
 @router.post("/tokenize", openapi_extra=body_doc(TokenizeRequest))
 @router.post("/v1/tokenize", openapi_extra=body_doc(TokenizeRequest))
 async def tokenize(request: Request) -> dict:
-    body = parse_body(await request.body(), TokenizeRequest)
     state = state_of(request)
+    body = parse_body(await request.body(), TokenizeRequest, state.settings)
     engine = state.ready_engine()
     adapters.check_access(state.settings, exchange_of(request).key_id, body.model, engine)
     check_model(body.model, engine)
     try:
         if body.messages is not None:
-            tokens = await engine.encode_chat(template_messages(body.messages))
+            messages = template_messages(body.messages)
+            check_prompt_chars(sum(len(m["content"]) for m in messages), state.settings, "messages")
+            await _admit(state, request)
+            tokens = await engine.encode_chat(messages, max_chars=state.settings.max_prompt_chars)
         else:
+            check_prompt_chars(len(body.prompt or ""), state.settings, "prompt")
+            await _admit(state, request)
             tokens = await engine.encode_text(body.prompt or "", add_special_tokens=body.add_special_tokens)
     except InvalidGenerationRequest as exc:
         raise bad_request(exc.message, exc.param) from exc
@@ -38,8 +56,8 @@ async def tokenize(request: Request) -> dict:
 @router.post("/detokenize", openapi_extra=body_doc(DetokenizeRequest))
 @router.post("/v1/detokenize", openapi_extra=body_doc(DetokenizeRequest))
 async def detokenize(request: Request) -> dict:
-    body = parse_body(await request.body(), DetokenizeRequest)
     state = state_of(request)
+    body = parse_body(await request.body(), DetokenizeRequest, state.settings)
     engine = state.ready_engine()
     adapters.check_access(state.settings, exchange_of(request).key_id, body.model, engine)
     check_model(body.model, engine)
@@ -47,4 +65,5 @@ async def detokenize(request: Request) -> dict:
         engine.check_token_ids(body.tokens, "tokens")
     except InvalidGenerationRequest as exc:
         raise bad_request(exc.message, exc.param) from exc
-    return {"prompt": engine.decode(body.tokens)}
+    await _admit(state, request)
+    return {"prompt": await engine.decode_text(body.tokens)}

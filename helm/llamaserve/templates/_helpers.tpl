@@ -112,6 +112,10 @@ llamaserve.io/role: server
     secretKeyRef:
       name: {{ include "llamaserve.secretName" . }}
       key: {{ .Values.secret.apiKeysKey }}
+{{- else if $server }}
+# Without keys the server starts only when told to (server/security.py); workers serve no HTTP.
+- name: LLAMASERVE_ALLOW_UNAUTHENTICATED
+  value: "true"
 {{- end }}
 {{- if and $server .Values.lora.allowRuntime }}
 - name: LLAMASERVE_ADMIN_API_KEYS

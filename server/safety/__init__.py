@@ -1,0 +1,5 @@
+"""Content safety in Azure's contract, judged by Llama Guard 3 (docs/SAFETY.md).
+
+guards.py: where the guard runs (a second engine here, or a llamaserve deployment over HTTP);
+moderation.py: what its verdicts do to a request (400 content_filter, finish_reason content_filter, ...).
+"""

@@ -1,0 +1,53 @@
+"""The benchmark's beam, best_of and structured-output scenarios and their targets (no server)."""
+
+from __future__ import annotations
+
+import orjson
+
+from bench import loadgen, run, stats
+
+
+def summary(req_s: float, tokens: int = 100, ok: int = 10) -> dict:
+    return {"req_s": req_s, "output_tokens": tokens, "ok": ok}
+
+
+def test_scenarios_ask_for_what_they_measure():
+    plan = {"model": "m", "max_tokens": 64, "prompt": "p", "prompts": ["a", "b"]}
+    by_key = {stats.scenario_key(sc): sc for sc in run.scenarios(True, ["completions"], ("beam", "best_of", "json"))}
+    assert {"beam w2 c1", "beam w8 c4", "n=4 c4", "best_of=4 n=1 c4", "json_schema chat c8"} <= set(by_key)
+
+    beam = [orjson.loads(b) for b in loadgen.bodies(plan, by_key["beam w4 c4"])]
+    assert [b["prompt"] for b in beam] == ["a", "b"]  # distinct prompts, in turn
+    assert beam[0]["use_beam_search"] and beam[0]["n"] == 4 and beam[0]["temperature"] == 0.0
+    assert beam[0]["max_tokens"] == 32 and beam[0]["ignore_eos"]
+
+    best, plain = (orjson.loads(loadgen.bodies(plan, by_key[k])[0]) for k in ("best_of=4 n=1 c4", "n=4 c4"))
+    assert (best["n"], best["best_of"], plain["n"]) == (1, 4, 4) and "best_of" not in plain
+    assert best["seed"] == plain["seed"]
+    assert by_key["best_of=4 n=1 c4"]["servers"] == ["llamaserve"]
+
+    js = orjson.loads(loadgen.bodies(plan, by_key["json_schema chat c1"])[0])
+    assert js["response_format"]["type"] == "json_schema" and not js["ignore_eos"] and "messages" in js
+
+
+def test_beam_targets_need_twice_vllms_requests_per_second():
+    ours = {"beam w2 c1": summary(2.1), "beam w4 c4": summary(1.9), "chat full closed c1": summary(9.0)}
+    theirs = {"beam w2 c1": summary(1.0), "beam w4 c4": summary(1.0), "chat full closed c1": summary(1.0)}
+    checks = stats.beam_targets(ours, theirs)
+    assert [(c["value"], c["met"]) for c in checks] == [(2.1, True), (1.9, False)]
+
+
+def test_best_of_target_compares_like_with_like():
+    same = stats.best_of_targets({"n=4 c4": summary(2.0), "best_of=4 n=1 c4": summary(1.8)})
+    assert same[0]["value"] == 2.0 / 1.8 and same[0]["met"] is True
+    slow = stats.best_of_targets({"n=4 c4": summary(2.0), "best_of=4 n=1 c4": summary(1.5)})
+    assert slow[0]["met"] is False
+    # Different tokens per request: no verdict.
+    other = stats.best_of_targets({"n=4 c4": summary(2.0, tokens=100), "best_of=4 n=1 c4": summary(2.0, tokens=50)})
+    assert other[0]["met"] is None and "DIFFERENT" in other[0]["name"]
+
+
+def test_ready_target():
+    assert stats.ready_target({"llamaserve": 27.0, "vllm": 30.0})[0]["met"] is True
+    assert stats.ready_target({"llamaserve": 33.0, "vllm": 30.0})[0]["met"] is False
+    assert stats.ready_target({"llamaserve": 33.0})[0]["met"] is None

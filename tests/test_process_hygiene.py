@@ -1,0 +1,155 @@
+"""No process outlives what started it: engine processes die with their parent (engine/lifeline.py), and the test
+suite's servers die with their group and with the test run (tests/conftest.py). No engine is started here."""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+
+from tests.conftest import ROOT, ServerProcess, _LIVE_GROUPS, group_members, pytest_sessionfinish
+from tests.probes import wait_until
+
+# A parent that starts, the way vLLM does (multiprocessing, spawn), a child guarded by engine/lifeline.py and an
+# unguarded one, prints both pids, then waits to be killed.
+_PARENT = textwrap.dedent("""
+    import multiprocessing, pathlib, sys, time
+    from engine import lifeline
+
+    def guarded(ready):
+        lifeline.die_with_parent()
+        pathlib.Path(ready).touch()
+        time.sleep(600)
+
+    if __name__ == "__main__":
+        ctx = multiprocessing.get_context(sys.argv[1])
+        kids = [ctx.Process(target=guarded, args=(sys.argv[2],)), ctx.Process(target=time.sleep, args=(600,))]
+        for k in kids:
+            k.start()
+        print(*(k.pid for k in kids), flush=True)
+        time.sleep(600)
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _sigkill_parent_of_a_guarded_child(method: str, tmp_path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    ready = tmp_path / "guarded-ready"
+    parent = subprocess.Popen([sys.executable, str(script), method, str(ready)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    try:
+        guarded, unguarded = map(int, parent.stdout.readline().split())
+        assert _alive(guarded) and _alive(unguarded)
+        # A spawned child takes a while to import on a loaded machine: kill the parent once the guard is on.
+        assert wait_until(ready.exists, 60, 0.05), "the guarded child never started its guard"
+        parent.kill()
+        parent.wait(10)
+        killed = time.monotonic()
+        assert wait_until(lambda: not _alive(guarded), 3, 0.02), "the guarded child outlived its parent"
+        print(f"\n[lifeline/{method}] guarded child gone {time.monotonic() - killed:.2f} s after its parent's SIGKILL")
+        # Without the guard a child lives on: the reason engine/lifeline.py exists.
+        assert _alive(unguarded)
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+
+
+def test_a_guarded_spawn_child_dies_with_its_parent(tmp_path):
+    _sigkill_parent_of_a_guarded_child("spawn", tmp_path)
+
+
+def test_a_guarded_fork_child_dies_with_its_parent(tmp_path):
+    _sigkill_parent_of_a_guarded_child("fork", tmp_path)
+
+
+def test_install_wraps_vllms_process_targets_by_reference():
+    from vllm.v1.engine.core import EngineCoreProc
+    from vllm.v1.executor.multiproc_executor import WorkerProc
+
+    from engine import lifeline
+
+    original = EngineCoreProc.run_engine_core
+    lifeline.install()
+    lifeline.install()  # idempotent: no wrapper around a wrapper
+    for cls, attr in ((EngineCoreProc, "run_engine_core"), (WorkerProc, "worker_main")):
+        target = getattr(cls, attr)
+        assert isinstance(target, functools.partial) and target.func is lifeline.run_guarded
+        # What spawn sends the child: a reference to our function and three names, not vLLM's function.
+        clone = pickle.loads(pickle.dumps(target))
+        assert clone.func is lifeline.run_guarded and clone.args == target.args
+    assert getattr(EngineCoreProc, "_llamaserve_unguarded_run_engine_core") is original
+
+
+# A stand-in server: its grandchild ignores SIGTERM and does not die with its parent, like an unguarded EngineCore.
+_STUBBORN = [sys.executable, "-c", textwrap.dedent("""
+    import signal, subprocess, sys, time
+    subprocess.Popen([sys.executable, "-c",
+                      "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+    time.sleep(600)
+""")]
+
+
+def _members_appear(srv: ServerProcess) -> bool:
+    return wait_until(lambda: len(group_members(srv.pgid)) >= 2, 10, 0.05)
+
+
+def test_a_server_crash_leaves_nothing_once_stopped():
+    srv = ServerProcess(command=_STUBBORN)
+    assert _members_appear(srv)
+    assert os.getpgid(srv.proc.pid) == srv.pgid != os.getpgid(0)  # its own group, not the test run's
+    os.kill(srv.proc.pid, signal.SIGKILL)  # the way a crash (or the OOM killer) ends it
+    srv.proc.wait(10)
+    assert group_members(srv.pgid)  # the grandchild lives on...
+    srv.stop()
+    assert group_members(srv.pgid) == [] and srv.pgid not in _LIVE_GROUPS  # ...until the group is killed
+
+
+def test_stop_after_sigterm_kills_what_ignores_it():
+    srv = ServerProcess(command=_STUBBORN)
+    assert _members_appear(srv)
+    srv.stop(timeout=1)
+    assert group_members(srv.pgid) == []
+
+
+def test_the_session_end_kills_every_group_a_test_left_behind():
+    srv = ServerProcess(command=_STUBBORN)
+    assert _members_appear(srv)
+    pytest_sessionfinish(None, None)  # what pytest (or atexit) runs when the session ends, however it ends
+    assert group_members(srv.pgid) == []
+    srv.proc.wait(10)
+
+
+def test_servers_die_when_the_test_run_is_killed(tmp_path):
+    """Even a SIGKILLed test run (or pytest-timeout's os._exit) leaves no server behind."""
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from tests.conftest import ServerProcess
+        srv = ServerProcess(command={_STUBBORN!r})
+        print(srv.pgid, flush=True)
+        time.sleep(600)
+    """))
+    run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        pgid = int(run.stdout.readline())
+        assert wait_until(lambda: len(group_members(pgid)) >= 2, 10, 0.05)
+        run.kill()
+        run.wait(10)
+        # The server dies with the run (PDEATHSIG); a real server's engine then dies with it (lifeline).
+        assert wait_until(lambda: not _alive(pgid), 3, 0.05)
+    finally:
+        os.killpg(pgid, signal.SIGKILL)  # the stand-in's unguarded grandchild

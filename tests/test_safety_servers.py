@@ -1,0 +1,178 @@
+"""Content safety on real servers: the tiny fixed-verdict Llama Guard checkpoints (engine/tiny_guard.py) through
+the real vLLM loader and Llama Guard 3's chat template, as a local guard (a second engine in the server's
+process) and as a remote guard (a llamaserve serving the guard model), with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from azure.ai.inference import ChatCompletionsClient
+from azure.ai.inference.models import UserMessage
+from azure.core.credentials import AzureKeyCredential
+from azure.core.exceptions import HttpResponseError
+
+from server.security import key_id
+from tests.conftest import CACHE_DIR, ServerProcess
+from tests.probes import metric
+
+pytestmark = pytest.mark.engine
+
+STRICT = "s" * 32
+LENIENT = "l" * 32  # its policy blocks no category
+NO_LIMITS = ["--rate-limit-rpm", "0", "--rate-limit-tpm", "0"]
+# The built-in tiny model gets these by default; a model given by path does not.
+TINY_ENGINE = ["--enforce-eager", "--cpu-kvcache-space-gib", "1", "--dtype", "bfloat16"]
+MESSAGES = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture(scope="module")
+def unsafe_guard() -> Path:
+    from engine.tiny_guard import ensure_tiny_guard
+
+    return ensure_tiny_guard(CACHE_DIR, "unsafe\nS1")
+
+
+@pytest.fixture(scope="module")
+def local_server(tiny_model, unsafe_guard):
+    """The tiny model with a local guard that finds violence (S1) in everything, checking prompts and outputs."""
+    srv = ServerProcess([
+        "--guard", "local", "--guard-model", str(unsafe_guard), "--guard-check", "both",
+        "--api-keys", f"{STRICT},{LENIENT}", "--guard-key-categories", json.dumps({key_id(LENIENT): []}),
+        *NO_LIMITS,
+    ]).wait_ready()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def remote_pair(tiny_model, unsafe_guard):
+    """(server, guard): the tiny model checking its outputs with a remote guard, a second llamaserve serving the
+    guard model. Fail-open, the default."""
+    guard = ServerProcess(["--model", str(unsafe_guard), "--served-model-name", "llama-guard", *TINY_ENGINE, *NO_LIMITS])
+    try:
+        guard.wait_ready()
+        srv = ServerProcess([
+            "--guard", "remote", "--guard-url", guard.base_url, "--guard-check", "output",
+            "--guard-stream-interval-tokens", "4", "--guard-timeout-s", "5", *NO_LIMITS,
+        ]).wait_ready()
+        yield srv, guard
+        srv.stop()
+    finally:
+        guard.stop()
+
+
+@pytest.fixture()
+def remote_server(remote_pair):
+    return remote_pair[0]
+
+
+# --- a local guard blocks prompts
+
+
+def test_blocked_prompt_raw_http(local_server):
+    reply = httpx.post(local_server.base_url + "/chat/completions", json={"messages": MESSAGES, "max_tokens": 4},
+                       headers={"api-key": STRICT}, timeout=60)
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["code"] == "content_filter" and error["status"] == 400 and error["param"] == "messages"
+    assert error["innererror"]["code"] == "ResponsibleAIPolicyViolation"
+    assert error["innererror"]["content_filter_result"]["violence"] == {"filtered": True, "severity": "high"}
+
+
+def test_blocked_prompt_openai_sdk(local_server):
+    client = openai.OpenAI(base_url=local_server.base_url + "/v1", api_key=STRICT, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="llamaserve-tiny-llama3", prompt="hello", max_tokens=4)
+    assert caught.value.status_code == 400
+    assert caught.value.code == "content_filter"
+    assert caught.value.param == "prompt"
+
+
+def test_blocked_prompt_azure_sdk(local_server):
+    with ChatCompletionsClient(endpoint=local_server.base_url, credential=AzureKeyCredential(STRICT)) as client:
+        with pytest.raises(HttpResponseError) as caught:
+            client.complete(messages=[UserMessage("hello there")], max_tokens=4)
+    assert caught.value.status_code == 400
+    assert caught.value.error.code == "content_filter"
+
+
+def test_key_whose_policy_blocks_nothing_is_served(local_server):
+    client = openai.OpenAI(base_url=local_server.base_url + "/v1", api_key=LENIENT, max_retries=0)
+    reply = client.chat.completions.create(model="llamaserve-tiny-llama3", messages=MESSAGES, max_tokens=4,
+                                           extra_body={"ignore_eos": True})
+    assert reply.choices[0].finish_reason == "length"
+    metrics = httpx.get(local_server.base_url + "/metrics", timeout=30).text
+    # The guard did judge that output (unsafe, S1): the key's policy let it pass.
+    assert metric(metrics, "llamaserve_guard_checks_total", result="unsafe", stage="output") >= 1
+    assert metric(metrics, "llamaserve_guard_blocks_total", category="violence") >= 1  # the strict key's requests
+
+
+# --- a remote guard cuts outputs
+
+
+def test_blocked_stream_ends_with_content_filter_and_done(remote_server):
+    body = {"messages": MESSAGES, "max_tokens": 16, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", remote_server.base_url + "/v1/chat/completions", json=body, timeout=60) as reply:
+        assert reply.status_code == 200
+        events = [line[len("data: "):] for line in reply.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    last = chunks[-1]["choices"][0]
+    assert last["finish_reason"] == "content_filter"
+    assert last["content_filter_results"]["violence"]["filtered"] is True
+    # The first four tokens were judged before any was sent: nothing of the output went out.
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == ""
+
+
+def test_blocked_output_openai_sdk(remote_server):
+    client = openai.OpenAI(base_url=remote_server.base_url + "/v1", api_key="unused", max_retries=0)
+    reply = client.chat.completions.create(model="llamaserve-tiny-llama3", messages=MESSAGES, max_tokens=4)
+    assert reply.choices[0].finish_reason == "content_filter"
+    assert reply.choices[0].message.content == ""
+
+
+def test_dead_remote_guard_fails_open_with_content_filter_error(remote_pair):
+    srv, guard = remote_pair
+    guard.stop()  # its port is closed from now on: the module's last use of the guard
+    client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0)
+    reply = client.chat.completions.create(model="llamaserve-tiny-llama3", messages=MESSAGES, max_tokens=4,
+                                           extra_body={"ignore_eos": True})
+    choice = reply.choices[0]
+    assert choice.finish_reason == "content_filter_error"
+    assert len(choice.message.content) > 0  # served unchecked, and marked so
+    assert "unreachable" in choice.model_extra["content_filter_results"]["error"]["message"]
+    stream = client.chat.completions.create(model="llamaserve-tiny-llama3", messages=MESSAGES, max_tokens=4,
+                                            stream=True, extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason == "content_filter_error"
+
+
+# --- the safe checkpoint
+
+
+def test_safe_guard_checkpoint_answers_safe_through_the_real_loader(tiny_model):
+    from engine.guard import GuardEngine
+    from engine.guard_format import conversation, parse_verdict
+    from engine.tiny_guard import ensure_tiny_guard
+    from server.app import engine_options
+    from server.safety.guards import local_guard_options
+    from server.settings import Settings
+
+    settings = Settings(guard="local", guard_model=str(ensure_tiny_guard(CACHE_DIR, "safe")),
+                        model_cache_dir=CACHE_DIR)
+    guard = GuardEngine.start_guard(local_guard_options(settings, engine_options(settings)))
+    try:
+        async def judge():
+            return [await guard.classify(conversation(MESSAGES, output)) for output in (None, "an answer")]
+
+        answers = asyncio.run(judge())
+    finally:
+        guard.shutdown()
+        del guard  # its engine is shut down now, not by a finaliser at interpreter exit
+    assert answers == ["safe", "safe"]
+    assert all(parse_verdict(a).safe for a in answers)
