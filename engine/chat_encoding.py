@@ -9,6 +9,7 @@ so ordinary conversations keep the very same ids.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -45,22 +46,34 @@ class ChatEncoder:
                 text, add_special_tokens=False, split_special_tokens=True
             )
 
-    def render(self, messages: list[dict[str, str]]) -> str:
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         try:
             return self._tokenizer.apply_chat_template(
-                messages, chat_template=self._template, add_generation_prompt=True, tokenize=False
+                messages, tools=tools, chat_template=self._template, add_generation_prompt=True, tokenize=False
             )
         except Exception as exc:  # template errors are the caller's conversation shape, e.g. bad role order
             raise InvalidGenerationRequest(f"messages do not fit the chat template: {exc}", "messages") from exc
 
-    def render_and_scan(self, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
+    def render_and_scan(self, messages: list[dict[str, Any]],
+                        tools: list[dict[str, Any]] | None = None) -> tuple[str, list[int]]:
         """The rendered prompt, and the indexes of the messages whose content holds special-token text."""
         if self._special_text is None:
-            return self.render(messages), []
-        return self.render(messages), [i for i, m in enumerate(messages) if self._special_text.search(m["content"])]
+            return self.render(messages, tools), []
+        self._refuse_control_text_in_tools(messages, tools)
+        return self.render(messages, tools), [i for i, m in enumerate(messages) if self._special_text.search(m["content"])]
 
-    def encode(self, text: str, messages: list[dict[str, str]], spoofing: list[int],
-               encode_template: Encoder | None = None) -> list[int]:
+    def _refuse_control_text_in_tools(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> None:
+        """Tool definitions and past calls reach the template as JSON that templates render whole, so their text
+        cannot be told apart from the template's: special-token text there is refused, not encoded."""
+        assert self._special_text is not None
+        if tools and self._special_text.search(json.dumps(tools, ensure_ascii=False)):
+            raise InvalidGenerationRequest("tools hold special-token text (such as <|eot_id|>)", "tools")
+        for i, m in enumerate(messages):
+            if m.get("tool_calls") and self._special_text.search(json.dumps(m["tool_calls"], ensure_ascii=False)):
+                raise InvalidGenerationRequest(f"messages[{i}].tool_calls hold special-token text", "messages")
+
+    def encode(self, text: str, messages: list[dict[str, Any]], spoofing: list[int],
+               encode_template: Encoder | None = None, tools: list[dict[str, Any]] | None = None) -> list[int]:
         """`text` and `spoofing` are what render_and_scan(messages) returned."""
         encode_template = encode_template or self.encode_template
         if not spoofing:
@@ -73,7 +86,7 @@ class ChatEncoder:
                     f"messages[{i}].content contains a Unicode noncharacter (U+FDD0 or U+FDD1)", "messages"
                 )
             wrapped[i] = {**messages[i], "content": _wrap(content)}
-        marked = self.render(wrapped)
+        marked = self.render(wrapped, tools)
         ids: list[int] = []
         at = 0
         for span in _SPAN.finditer(marked):

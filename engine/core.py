@@ -30,6 +30,7 @@ from engine.chat_encoding import ChatEncoder
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
 from engine.failures import engine_failure
 from engine.sampling import GenerationPlan, beam_step_params, to_sampling_params
+from engine.tool_format import detect as detect_tool_format
 
 log = logging.getLogger("llamaserve.engine")
 
@@ -77,6 +78,7 @@ class ModelInfo:
     vocab_size: int
     is_chat: bool
     provider: str
+    tool_call_format: str = "llama3_json"
 
 
 class LlamaEngine:
@@ -137,6 +139,7 @@ class LlamaEngine:
             vocab_size=model_config.get_vocab_size(),
             is_chat=bool(chat_template or getattr(tokenizer, "chat_template", None)),
             provider=_provider(options.model, model_config.hf_config),
+            tool_call_format=detect_tool_format(model_config.hf_config, chat_template or getattr(tokenizer, "chat_template", None)),
         )
         return cls(llm, info, chat_template)
 
@@ -167,21 +170,22 @@ class LlamaEngine:
             return await self._off_loop(self._encode_off_loop, text, add_special_tokens)
         return self._encode(text, add_special_tokens)
 
-    async def encode_chat(self, messages: list[dict[str, str]], max_chars: int | None = None) -> list[int]:
+    async def encode_chat(self, messages: list[dict[str, Any]], max_chars: int | None = None,
+                          tools: list[dict[str, Any]] | None = None) -> list[int]:
         """The chat template's prompt; message text never becomes control tokens (engine/chat_encoding.py).
-        `max_chars` bounds the rendered prompt, checked before it is tokenised."""
+        `max_chars` bounds the rendered prompt, checked before it is tokenised. `tools` go to the template."""
         large = len(messages) > _OFFLOAD_MESSAGES or sum(len(m["content"]) for m in messages) > _OFFLOAD_CHARS
         render = self._chat.render_and_scan
-        text, spoofing = await self._off_loop(render, messages) if large else render(messages)
+        text, spoofing = await self._off_loop(render, messages, tools) if large else render(messages, tools)
         if max_chars is not None and len(text) > max_chars:
             raise InvalidGenerationRequest(
                 f"the rendered chat prompt holds {len(text)} characters, more than the limit of {max_chars}",
                 "messages",
             )
         if len(text) <= _OFFLOAD_CHARS:
-            return self._chat.encode(text, messages, spoofing)
+            return self._chat.encode(text, messages, spoofing, tools=tools)
         encode = functools.partial(self._encode_off_loop, add_special_tokens=False)
-        return await self._off_loop(self._chat.encode, text, messages, spoofing, encode)
+        return await self._off_loop(functools.partial(self._chat.encode, tools=tools), text, messages, spoofing, encode)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, fn, *args)

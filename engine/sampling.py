@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import xgrammar
 from pydantic import BaseModel, ConfigDict, Field
 from vllm.exceptions import VLLMError
 from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
@@ -41,6 +43,9 @@ class GenerationPlan:
     num_logprobs: int | None  # top-k asked for by the client, None for none
     prompt_logprobs: int | None = None  # echo with logprobs
     pass_through: dict[str, Any] | None = None
+    # A grammar (xgrammar EBNF, from `llama_json_grammar`) the output must match, decided by the server for a
+    # forced tool call; it overrides response_format.
+    output_grammar: str | None = None
     adapter: Adapter | None = None  # the LoRA adapter the request's `model` names
 
 
@@ -68,7 +73,7 @@ def to_sampling_params(plan: GenerationPlan, *, stream: bool) -> SamplingParams:
         logprobs=logprobs,
         prompt_logprobs=plan.prompt_logprobs,
         logit_bias=_logit_bias(req.logit_bias),
-        structured_outputs=_structured_outputs(req),
+        structured_outputs=_structured_outputs(req, plan.output_grammar),
         output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         # Made fresh for each engine request, so vLLM's defensive deep copy per request is not needed.
         skip_clone=True,
@@ -100,7 +105,9 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
         raise InvalidGenerationRequest("logit_bias keys must be token ids", "logit_bias") from exc
 
 
-def _structured_outputs(req: GenerationRequest) -> StructuredOutputsParams | None:
+def _structured_outputs(req: GenerationRequest, grammar: str | None) -> StructuredOutputsParams | None:
+    if grammar is not None:
+        return StructuredOutputsParams(grammar=grammar)
     fmt = req.response_format
     if fmt is None or fmt.type == "text":
         return None
@@ -108,3 +115,13 @@ def _structured_outputs(req: GenerationRequest) -> StructuredOutputsParams | Non
         return StructuredOutputsParams(json_object=True)
     assert fmt.json_schema is not None
     return StructuredOutputsParams(json=fmt.json_schema.json_schema)
+
+
+def llama_json_grammar(schema: dict[str, Any]) -> str:
+    """The schema as a grammar for JSON written the way Llama writes it (and Meta's templates render it):
+    `{"a": 1, "b": [2, 3]}`, one space after each `:` and `,` and nowhere else. Free whitespace, the default of
+    a json schema request, lets a weak or random-weight model write blanks until max_tokens."""
+    try:
+        return str(xgrammar.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, separators=(", ", ": ")))
+    except RuntimeError as exc:
+        raise InvalidGenerationRequest(f"a tool's parameters cannot be enforced as a JSON schema: {exc}", "tools") from exc

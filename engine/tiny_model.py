@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-BUILD_VERSION = "tiny-llama3-v1"
+BUILD_VERSION = "tiny-llama3-v2"  # v2: the chat template gained Llama 3.1 tool calling
 
 # Llama 3's special tokens, in Llama 3's order, so templates and stop rules written for Llama 3 apply as is.
 SPECIAL_TOKENS = [
@@ -31,14 +31,43 @@ SPECIAL_TOKENS = [
     "<|python_tag|>",
 ]
 
-# The Llama 3.1 Instruct template without tool calling: header blocks, trimmed content, <|eot_id|> after each turn.
-CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
-)
+# A trimmed Llama 3.1 Instruct template, tool calling included. Without tools, every message is a header block
+# with trimmed content and <|eot_id|>. With tools, as in Meta's template: the system turn opens with
+# "Environment: ipython", the first user turn lists the functions as JSON, an assistant call is written
+# {"name": ..., "parameters": ...} and ends with <|eom_id|> (one turn per call, so several calls and an empty
+# tool_calls both render), and results come back under the ipython role as {"output": ...}.
+CHAT_TEMPLATE = r"""{{- bos_token }}
+{%- set tools = tools if tools is defined and tools else none %}
+{%- set ns = namespace(tools_listed=false) %}
+{%- if tools is not none and messages[0]['role'] != 'system' %}
+    {{- '<|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython<|eot_id|>' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message['role'] == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] %}
+        {%- for call in message['tool_calls'] %}
+            {%- set args = call['function']['arguments'] %}
+            {{- '<|start_header_id|>assistant<|end_header_id|>\n\n{"name": "' + call['function']['name'] + '", "parameters": ' }}
+            {{- args if args is string else args | tojson }}
+            {{- '}<|eom_id|>' }}
+        {%- endfor %}
+    {%- elif message['role'] in ('tool', 'ipython') %}
+        {{- '<|start_header_id|>ipython<|end_header_id|>\n\n' + ({'output': message['content']} | tojson) + '<|eot_id|>' }}
+    {%- else %}
+        {%- set content = message['content'] | trim %}
+        {%- if tools is not none and message['role'] == 'system' and loop.first %}
+            {%- set content = 'Environment: ipython\n\n' + content %}
+        {%- elif tools is not none and message['role'] == 'user' and not ns.tools_listed %}
+            {%- set ns.tools_listed = true %}
+            {%- set listing = namespace(text='Given the following functions, please respond with a JSON for a function call with its proper arguments that best answers the given prompt.\n\nRespond in the format {"name": function name, "parameters": dictionary of argument name and its value}. Do not use variables.\n\n') %}
+            {%- for t in tools %}
+                {%- set listing.text = listing.text + (t | tojson) + '\n\n' %}
+            {%- endfor %}
+            {%- set content = listing.text + content %}
+        {%- endif %}
+        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + content + '<|eot_id|>' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"""
 
 _WORDS = (
     "the a an of to and in is it you that he was for on are with as his they be at one have this from or had by "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.common import GenerationRequest
+from schemas.tools import Tool, ToolCall, ToolChoice
 
 
 class TextPart(BaseModel):
@@ -20,6 +22,8 @@ class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant messages
+    tool_call_id: str | None = None  # tool messages: the call this result answers
 
     def text(self) -> str:
         if self.content is None:
@@ -29,9 +33,33 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """Messages as chat templates take them: role and plain-text content."""
-    return [{"role": m.role, "content": m.text()} for m in messages]
+def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as chat templates take them: role and plain-text content, plus tool calls and call ids.
+
+    `developer` is OpenAI's new name for `system`, which Llama templates know. Call arguments go in as objects,
+    as Hugging Face templates (Meta's among them) expect: they render them with `tojson`. An empty `tool_calls`
+    is left out, since Meta's templates reject any count but one.
+    """
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.tool_calls:
+            msg["tool_calls"] = [
+                {"id": c.id, "type": c.type, "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}}
+                for c in m.tool_calls
+            ]
+        if m.tool_call_id is not None:
+            msg["tool_call_id"] = m.tool_call_id
+        out.append(msg)
+    return out
+
+
+def _arguments(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text
 
 
 class ChatCompletionRequest(GenerationRequest):
@@ -40,6 +68,9 @@ class ChatCompletionRequest(GenerationRequest):
     logprobs: bool | Annotated[int, Field(ge=0)] | None = None
     top_logprobs: Annotated[int, Field(ge=0)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None  # OpenAI accepts up to 128
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     @model_validator(mode="after")
     def _one_length_limit(self) -> ChatCompletionRequest:

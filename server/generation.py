@@ -21,7 +21,7 @@ from engine.adapters import Adapter
 from engine.core import LlamaEngine
 from engine.errors import EngineError, EngineFailure, InvalidGenerationRequest
 from engine.outputs import ChoiceDelta, Step
-from engine.sampling import PASS_THROUGH_FIELDS, GenerationPlan, validate_pass_through
+from engine.sampling import PASS_THROUGH_FIELDS, GenerationPlan, llama_json_grammar, validate_pass_through
 from schemas import ChatCompletionRequest, CompletionRequest, ExtraParametersMode, GenerationRequest
 from schemas.chat import template_messages
 from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
@@ -29,6 +29,7 @@ from server import render, sse
 from server.errors import APIError, bad_request, error_body, from_pydantic, from_validation_errors
 from server.safety.moderation import Moderation, annotate
 from server.settings import Settings
+from server.tools import plan as tools
 
 if TYPE_CHECKING:
     from server.metrics import Trace
@@ -215,7 +216,7 @@ def _fan_out(req: GenerationRequest, settings: Settings, num_prompts: int, num_l
 
 def _plan(req, settings: Settings, engine: LlamaEngine, prompts: list[list[int]], prompt_param: str,
           default_max: int | None, num_logprobs: int | None, prompt_logprobs: int | None = None,
-          adapter: Adapter | None = None) -> GenerationPlan:
+          output_schema: dict[str, Any] | None = None, adapter: Adapter | None = None) -> GenerationPlan:
     num_choices = _fan_out(req, settings, len(prompts), num_logprobs)
     if req.stop_token_ids:
         engine.check_token_ids(req.stop_token_ids, "stop_token_ids")
@@ -233,6 +234,7 @@ def _plan(req, settings: Settings, engine: LlamaEngine, prompts: list[list[int]]
         num_logprobs=num_logprobs,
         prompt_logprobs=prompt_logprobs,
         pass_through=req.extra_fields() or None,
+        output_grammar=None if output_schema is None else llama_json_grammar(output_schema),
         adapter=adapter,
     )
 
@@ -252,11 +254,15 @@ async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings
         raise bad_request(f"top_logprobs must be at most {settings.max_logprobs}", "top_logprobs")
     k = req.num_logprobs()
     _fan_out(req, settings, 1, k)  # before the prompt is built: refuse what cannot run before doing work for it
-    messages = template_messages(req.messages)
+    fmt = engine.info.tool_call_format if settings.tool_call_format == "auto" else settings.tool_call_format
+    tool_plan = tools.resolve(req, fmt)
+    messages = tools.for_template(template_messages(req.messages), fmt)
     check_prompt_chars(sum(len(m["content"]) for m in messages), settings, "messages")
-    prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars)
-    plan = _plan(req, settings, engine, [prompt], "messages", None, k, adapter=adapter)
-    return _job(req, render.ChatFlavor(top_k=k), [prompt], plan)
+    with_tools = {"tools": tool_plan.template_tools} if tool_plan else {}  # requests without tools: as before
+    prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars, **with_tools)
+    plan = _plan(req, settings, engine, [prompt], "messages", None, k,
+                 output_schema=tool_plan.schema if tool_plan else None, adapter=adapter)
+    return _job(req, render.ChatFlavor(top_k=k, tools=tool_plan), [prompt], plan)
 
 
 async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
@@ -278,7 +284,8 @@ async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settin
             engine.check_token_ids(p, "prompt")
             prompts.append(p)
     echo_logprobs = k if (req.echo and k is not None) else None
-    plan = _plan(req, settings, engine, prompts, "prompt", DEFAULT_COMPLETION_MAX_TOKENS, k, echo_logprobs, adapter)
+    plan = _plan(req, settings, engine, prompts, "prompt", DEFAULT_COMPLETION_MAX_TOKENS, k, echo_logprobs,
+                 adapter=adapter)
     echo_texts = None
     if req.echo:
         echo_texts = [p if isinstance(p, str) else engine.decode(p) for p in req.prompts()]
@@ -349,7 +356,7 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
     # The per-token frame of a one-choice stream without logprobs, rendered once: only the text changes.
     text_frame = None
     last = b""
-    if job.total_choices == 1 and job.plan.num_logprobs is None and not every_usage:
+    if job.total_choices == 1 and job.plan.num_logprobs is None and not every_usage and flavor.plain_text_deltas:
         probe = flavor.delta_choice(ChoiceDelta(0, sse.SLOT, [], None), render.ChoiceState())
         text_frame = sse.FrameTemplate({**head, "choices": [probe]})
     try:
@@ -366,10 +373,15 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
             choices = []
             for c in step.choices:
                 local_index, c.index = c.index, c.index + p_idx * n
-                choices.append(annotate(flavor.delta_choice(c, state.of(c.index)), step, local_index))
+                choices += [annotate(d, step, local_index) for d in flavor.delta_choices(c, state.of(c.index))]
                 finished += c.finish_reason is not None
             completion_tokens[p_idx] = step.completion_tokens
-            chunk = {**head, "choices": choices}
+            groups = render.chunk_groups(choices)
+            if not groups:
+                continue  # text held back until it is known to be a tool call or content
+            for group in groups[:-1]:
+                yield sse.frame({**head, "choices": group})
+            chunk = {**head, "choices": groups[-1]}
             if every_usage or (finished == job.total_choices and include_usage):
                 chunk["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(completion_tokens))
             if finished == job.total_choices:

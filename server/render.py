@@ -5,10 +5,15 @@ Objects are plain dicts rendered by orjson: this is the per-token path, so no py
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.outputs import ChoiceDelta, PromptInfo, TokenLogprob
+from server.tools.parsers import CallArguments, CallParser, CallStart, Content, ForcedCallParser, parse
+
+if TYPE_CHECKING:
+    from server.tools.plan import ToolPlan
 
 
 @dataclass(slots=True)
@@ -16,6 +21,10 @@ class ChoiceState:
     """What one streamed choice has sent so far."""
 
     text_offset: int = 0
+    # Tool calling only: the choice's call parser, calls started, and logprobs of text still held back.
+    tool_parser: CallParser | ForcedCallParser | None = None
+    calls: int = 0
+    held_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(slots=True)
@@ -59,6 +68,15 @@ class Flavor:
     def delta_choice(self, c: ChoiceDelta, state: ChoiceState) -> dict[str, Any]:
         raise NotImplementedError
 
+    def delta_choices(self, c: ChoiceDelta, state: ChoiceState) -> list[dict[str, Any]]:
+        """The chunks' choices for one engine delta, in order: one, or with tool calls none to several."""
+        return [self.delta_choice(c, state)]
+
+    @property
+    def plain_text_deltas(self) -> bool:
+        """Every delta is one choice's new text, so a stream may use the pre-rendered per-token frame."""
+        return True
+
     def opening_choice(self, index: int, echo_text: str | None) -> dict[str, Any] | None:
         """The choice's first chunk, sent before any token is generated (None: no such chunk)."""
         return None
@@ -69,8 +87,15 @@ class ChatFlavor(Flavor):
     object: str = "chat.completion"
     chunk_object: str = "chat.completion.chunk"
     id_prefix: str = "chatcmpl-"
+    tools: ToolPlan | None = None
+
+    @property
+    def plain_text_deltas(self) -> bool:
+        return self.tools is None
 
     def full_choice(self, c: FullChoice) -> dict[str, Any]:
+        if self.tools is not None:
+            return self._full_with_tools(c)
         return {
             "index": c.index,
             "message": {"role": "assistant", "content": c.text, "tool_calls": None},
@@ -89,6 +114,51 @@ class ChatFlavor(Flavor):
             "logprobs": self._logprobs(c.logprobs),
         }
 
+    def _full_with_tools(self, c: FullChoice) -> dict[str, Any]:
+        assert self.tools is not None
+        parsed = parse(self.tools.parser(), c.text)
+        calls = [_call(call.name, call.arguments) for call in parsed.calls] or None
+        return {
+            "index": c.index,
+            "message": {"role": "assistant", "content": parsed.content if calls else parsed.content or "",
+                        "tool_calls": calls},
+            "finish_reason": _tool_finish(c.finish_reason, bool(calls)),
+            "logprobs": self._logprobs(c.logprobs),
+        }
+
+    def delta_choices(self, c: ChoiceDelta, state: ChoiceState) -> list[dict[str, Any]]:
+        if self.tools is None:
+            return [self.delta_choice(c, state)]
+        if state.tool_parser is None:
+            state.tool_parser = self.tools.parser()
+        events = state.tool_parser.feed(c.text)
+        if c.finish_reason is not None:
+            events += state.tool_parser.finish()
+        deltas: list[dict[str, Any]] = []
+        for e in events:
+            if isinstance(e, Content):
+                if deltas and "content" in deltas[-1]:
+                    deltas[-1]["content"] += e.text
+                else:
+                    deltas.append({"content": e.text})
+            elif isinstance(e, CallStart):
+                deltas.append({"tool_calls": [{"index": state.calls, **_call(e.name, "")}]})
+                state.calls += 1
+            elif isinstance(e, CallArguments) and e.text:
+                deltas.append({"tool_calls": [{"index": state.calls - 1, "function": {"arguments": e.text}}]})
+        if c.logprobs:
+            state.held_logprobs = (state.held_logprobs or []) + c.logprobs
+        if c.finish_reason is not None and not deltas:
+            deltas.append({})  # the last chunk carries the finish reason, as OpenAI's does
+        out = [{"index": c.index, "delta": d, "finish_reason": None, "logprobs": None} for d in deltas]
+        if out:
+            if state.held_logprobs is not None:  # tokens held back travel with the next chunk that is sent
+                out[-1]["logprobs"] = self._logprobs(state.held_logprobs)
+                state.held_logprobs = None
+            if c.finish_reason is not None:
+                out[-1]["finish_reason"] = _tool_finish(c.finish_reason, state.calls > 0)
+        return out
+
     def _logprobs(self, logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
         if logprobs is None:
             return None
@@ -106,6 +176,28 @@ class ChatFlavor(Flavor):
                 for lp in logprobs
             ]
         }
+
+
+def _call(name: str, arguments: str) -> dict[str, Any]:
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _tool_finish(reason: str | None, called: bool) -> str | None:
+    # A call cut by max_tokens keeps "length", as OpenAI's does: its arguments are incomplete.
+    return "tool_calls" if called and reason == "stop" else _finish(reason)
+
+
+def chunk_groups(choices: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Choices split into chunks that hold each choice index at most once, order kept."""
+    groups: list[list[dict[str, Any]]] = []
+    seen: set[int] = set()
+    for choice in choices:
+        if not groups or choice["index"] in seen:
+            groups.append([])
+            seen = set()
+        groups[-1].append(choice)
+        seen.add(choice["index"])
+    return groups
 
 
 @dataclass(frozen=True)

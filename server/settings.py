@@ -97,6 +97,11 @@ class Settings(BaseSettings):
         2_000_000, ge=1, description="most characters of prompt text in one request (all prompts; rendered chat)"
     )
 
+    # --- tool calling
+    tool_call_format: Literal["auto", "llama3_json", "pythonic", "llama4_pythonic"] = Field(
+        "auto", description="how the model writes tool calls; auto: read from its config and chat template"
+    )
+
     # --- security and protection
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="accepted API keys, comma-separated (primary,secondary)"

@@ -33,7 +33,7 @@ class ScriptedEngine:
     async def check_health(self) -> None: ...
     async def abort(self, request_id: str) -> None: self.aborted.append(request_id)
     async def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]: return [ord(c) % 1000 for c in text] or [0]
-    async def encode_chat(self, messages, max_chars=None) -> list[int]:
+    async def encode_chat(self, messages, max_chars=None, tools=None) -> list[int]:
         return await self.encode_text("".join(m["content"] for m in messages))
     def decode(self, token_ids, skip_special_tokens=False) -> str: return "".join(chr(t) for t in token_ids)
     async def decode_text(self, token_ids) -> str: return self.decode(token_ids)

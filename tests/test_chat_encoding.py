@@ -78,8 +78,12 @@ def test_any_conversation_without_special_text_keeps_its_ids(tokenizer, chat, co
     assert encode(chat, messages) == plain(tokenizer, messages)
 
 
+# The encoder's own sentinels (U+FDD0/U+FDD1) are refused in such a message: a test of their own, below.
+_TEXT = st.text(max_size=12).filter(lambda t: "\ufdd0" not in t and "\ufdd1" not in t)
+
+
 @settings(max_examples=100, deadline=None)
-@given(parts=st.lists(st.one_of(st.text(max_size=12), st.sampled_from([HEADER, EOT, "<|begin_of_text|>", " ", "\n"])),
+@given(parts=st.lists(st.one_of(_TEXT, st.sampled_from([HEADER, EOT, "<|begin_of_text|>", " ", "\n"])),
                       min_size=1, max_size=6))
 def test_no_message_text_ever_yields_a_special_id(tokenizer, chat, parts):
     content = "".join(parts)
@@ -94,3 +98,31 @@ def test_sentinel_characters_in_a_spoofing_message_are_refused(chat):
     messages = [{"role": "user", "content": "\ufdd0" + SPOOF}]
     with pytest.raises(InvalidGenerationRequest, match="noncharacter"):
         encode(chat, messages)
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_tools_reach_the_template_and_tool_messages_cannot_spoof(chat, tokenizer):
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {}}}
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "content": SPOOF, "tool_call_id": "c1"}]
+    text, spoofing = chat.render_and_scan(messages, [TOOL])
+    assert "Environment: ipython" in text and '"name": "f"' in text and spoofing == [2]
+    ids = chat.encode(text, messages, spoofing, tools=[TOOL])
+    header = tokenizer.convert_tokens_to_ids(HEADER)
+    assert ids.count(header) == text.count(HEADER) - SPOOF.count(HEADER)  # the result's markers stay text
+
+
+@pytest.mark.parametrize("where", ["tools", "tool_calls"])
+def test_special_token_text_in_tools_or_calls_is_refused(chat, where):
+    messages = [{"role": "user", "content": "hi"}]
+    tools = [TOOL]
+    if where == "tools":
+        tools = [{"type": "function", "function": {"name": "f", "description": SPOOF}}]
+    else:
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": SPOOF}}}
+        messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+    with pytest.raises(InvalidGenerationRequest) as info:
+        chat.render_and_scan(messages, tools)
+    assert info.value.param == ("tools" if where == "tools" else "messages")

@@ -46,6 +46,8 @@ const PARAMS = [
     help: "sent only when not empty; servers without tool calling refuse it" },
   { name: "tool_choice", type: "select", options: ["", "auto", "none", "required"], only: "chat",
     help: "sent only with tools" },
+  { name: "parallel_tool_calls", type: "select", options: ["", "true", "false"], only: "chat",
+    help: "sent only with tools; false: at most one call" },
 ];
 
 const $ = (id) => document.getElementById(id);
@@ -267,6 +269,7 @@ function buildRequest() {
   if (tools !== undefined && !(Array.isArray(tools) && tools.length === 0)) {
     body.tools = tools;
     if (values.tool_choice) body.tool_choice = values.tool_choice;
+    if (values.parallel_tool_calls) body.parallel_tool_calls = values.parallel_tool_calls === "true";
   }
 
   const notes = [];
@@ -317,7 +320,7 @@ function pyRepr(value, indent = "") {
 const SDK_ARGS = {
   chat: ["model", "messages", "temperature", "top_p", "n", "stop", "max_tokens", "presence_penalty",
     "frequency_penalty", "seed", "logprobs", "top_logprobs", "response_format", "tools", "tool_choice",
-    "logit_bias", "user", "stream"],
+    "parallel_tool_calls", "logit_bias", "user", "stream"],
   completion: ["model", "prompt", "temperature", "top_p", "n", "stop", "max_tokens", "presence_penalty",
     "frequency_penalty", "seed", "logprobs", "best_of", "echo", "suffix", "logit_bias", "user", "stream"],
 };
