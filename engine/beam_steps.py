@@ -65,8 +65,10 @@ class EngineSteps:
 
     def __init__(self, llm: AsyncLLM, prompt_ids: list[int], params_for: Callable[[int], SamplingParams],
                  *, request_id: str, max_tokens: int, lookahead: int = DEFAULT_LOOKAHEAD,
-                 stop_ids: set[int] | frozenset[int] = frozenset(), speculate: bool = True):
+                 stop_ids: set[int] | frozenset[int] = frozenset(), speculate: bool = True,
+                 lora_request: Any = None):
         self._llm = llm
+        self._lora_request = lora_request  # every step runs on the request's LoRA adapter, if any
         self._prompt = prompt_ids
         self._params_for = params_for
         self._request_id = request_id
@@ -148,6 +150,7 @@ class EngineSteps:
             template = self._llm.input_processor.process_inputs(
                 request_id, tokens_input(self._prompt), self._params_for(tokens),
                 supported_tasks=await self._llm.get_supported_tasks(),
+                **({"lora_request": self._lora_request} if self._lora_request is not None else {}),
             )
             self._templates[tokens] = template
         request = msgspec.structs.replace(

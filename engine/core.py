@@ -9,6 +9,7 @@ import asyncio
 import functools
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,10 +19,11 @@ from typing import Any, TypeVar
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMError
 from vllm.inputs.engine import tokens_input
+from vllm.lora.request import LoRARequest
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from engine import best_of, lifeline, outputs
+from engine import adapters, best_of, lifeline, outputs
 from engine.beam_search import beam_search
 from engine.beam_steps import EngineSteps
 from engine.chat_encoding import ChatEncoder
@@ -61,6 +63,10 @@ class EngineOptions:
     cpu_kvcache_space_gib: int | None = None
     seed: int = 0
     max_logprobs: int = 20
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -86,6 +92,9 @@ class LlamaEngine:
         # Long texts are tokenised here, off the event loop; half the cores, so the loop and the engine keep theirs.
         self._tokenize_pool = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) // 2), thread_name_prefix="tokenize")
         self._eos_ids = _eos_ids(llm, self._tokenizer)
+        self.adapters = adapters.AdapterSet()
+        self._lora_config = llm.vllm_config.lora_config  # None: LoRA is off
+        self._base_layers = adapters.BaseLayers.of(llm.model_config.hf_config)
 
     # --- life cycle
 
@@ -110,6 +119,10 @@ class LlamaEngine:
             distributed_executor_backend=options.distributed_executor_backend,
             seed=options.seed,
             max_logprobs=options.max_logprobs,
+            enable_lora=options.enable_lora,
+            max_loras=options.max_loras,
+            max_lora_rank=options.max_lora_rank,
+            max_cpu_loras=options.max_cpu_loras,
             # Sampling defaults come from the API contract, not from the checkpoint's generation_config.
             generation_config="vllm",
             **options.extra,
@@ -195,6 +208,44 @@ class LlamaEngine:
                 f"token id {bad[0]} is out of the vocabulary (size {self.info.vocab_size})", param
             )
 
+    # --- LoRA adapters: checked by engine.adapters before vLLM sees them. vLLM keeps up to max_cpu_loras of them
+    # in memory and evicts the least recently used; an evicted adapter is read again from its path when used.
+
+    async def load_adapter(self, name: str, path: str, source: str, replace: bool = False) -> adapters.Adapter:
+        if self._lora_config is None:
+            raise adapters.InvalidAdapter("LoRA is not enabled on this server")
+        async with self.adapters.lock:
+            old = self.adapters.get(name)
+            if old is not None and not replace:
+                raise adapters.AdapterExists(f"an adapter named {name!r} is loaded already (replace it with load_inplace)")
+            rank, base = await asyncio.to_thread(
+                adapters.inspect_adapter, Path(path), self._base_layers, self._lora_config.max_lora_rank
+            )
+            adapter = adapters.Adapter(name, old.id if old else self.adapters.new_id(), path, source, rank, base)
+            try:
+                # Loads it into the CPU cache now, so that a file vLLM cannot use fails here, not in a request.
+                await self._llm.add_lora(LoRARequest(name, adapter.id, path, load_inplace=old is not None))
+            except Exception as exc:  # vLLM raises plain ValueError/RuntimeError for adapters it cannot use
+                if self._llm.errored:
+                    raise EngineUnavailable("the engine stopped") from exc
+                # Worker errors arrive wrapped ("Worker failed with error '...', please check the stack trace"):
+                # the caller gets the reason, not a pointer into our logs.
+                reason = re.search(r"failed with error '(.*)', please check", str(exc), re.DOTALL)
+                raise adapters.InvalidAdapter(f"the engine refused the adapter: {reason[1] if reason else exc}") from exc
+            self.adapters.put(adapter)
+            return adapter
+
+    async def unload_adapter(self, name: str) -> adapters.Adapter:
+        async with self.adapters.lock:
+            adapter = self.adapters.pop(name)
+            try:
+                await self._llm.remove_lora(adapter.id)
+            except Exception as exc:
+                if self._llm.errored:
+                    raise EngineUnavailable("the engine stopped") from exc
+                log.warning("vLLM did not drop adapter %s from its cache: %s", name, exc)
+            return adapter
+
     # --- generation
 
     async def stream(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> AsyncIterator[outputs.Step]:
@@ -202,7 +253,7 @@ class LlamaEngine:
         params = to_sampling_params(plan, stream=True)
         prompt = outputs.PromptInfo(token_ids=prompt_ids)
         completion_tokens = 0
-        async for out in self._generate(prompt_ids, params, request_id):
+        async for out in self._generate(prompt_ids, params, request_id, plan.adapter):
             choices = [_choice(c, self._tokenizer) for c in out.outputs]
             completion_tokens += sum(len(c.token_ids) for c in choices)
             if out.prompt_logprobs is not None and prompt.logprobs is None:
@@ -215,7 +266,7 @@ class LlamaEngine:
             return await self._beam_search(prompt_ids, plan, request_id)
         params = to_sampling_params(plan, stream=False)
         final: RequestOutput | None = None
-        async for out in self._generate(prompt_ids, params, request_id):
+        async for out in self._generate(prompt_ids, params, request_id, plan.adapter):
             final = out
         assert final is not None and final.finished
         candidates = final.outputs
@@ -234,7 +285,8 @@ class LlamaEngine:
         req = plan.request
         stop_ids = set(req.stop_token_ids or ()) | (set() if req.ignore_eos else self._eos_ids)
         steps = EngineSteps(self._llm, prompt_ids, lambda tokens: beam_step_params(plan, tokens),
-                            request_id=request_id, max_tokens=plan.max_tokens, stop_ids=stop_ids)
+                            request_id=request_id, max_tokens=plan.max_tokens, stop_ids=stop_ids,
+                            lora_request=_lora_request(plan.adapter))
         try:
             beams = await beam_search(steps, width=plan.num_choices, max_tokens=plan.max_tokens, stop_ids=stop_ids,
                                       length_penalty=req.length_penalty, early_stopping=req.early_stopping)
@@ -258,14 +310,20 @@ class LlamaEngine:
             choices, outputs.PromptInfo(prompt_ids), sum(len(c.token_ids) for c in choices), finished=True
         )
 
-    async def _generate(self, prompt_ids: list[int], params: Any, request_id: str) -> AsyncIterator[RequestOutput]:
+    async def _generate(self, prompt_ids: list[int], params: Any, request_id: str,
+                        adapter: adapters.Adapter | None = None) -> AsyncIterator[RequestOutput]:
         if self._llm.errored:
             raise EngineUnavailable("the engine is not running")
         try:
-            async for out in self._llm.generate(tokens_input(prompt_ids), params, request_id):
+            async for out in self._llm.generate(tokens_input(prompt_ids), params, request_id,
+                                                lora_request=_lora_request(adapter)):
                 yield out
         except (VLLMError, ValueError) as exc:
             raise engine_failure(exc, self._llm.errored) from exc
+
+
+def _lora_request(adapter: adapters.Adapter | None) -> LoRARequest | None:
+    return None if adapter is None else LoRARequest(adapter.name, adapter.id, adapter.path)
 
 
 def _text_encoder(tokenizer: Any, off_loop: bool = False) -> Callable[[str, bool], list[int]]:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vllm.exceptions import VLLMError
 from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
+from engine.adapters import Adapter
 from engine.errors import InvalidGenerationRequest
 from schemas.common import GenerationRequest
 
@@ -45,6 +46,7 @@ class GenerationPlan:
     # A grammar (xgrammar EBNF, from `llama_json_grammar`) the output must match, decided by the server for a
     # forced tool call; it overrides response_format.
     output_grammar: str | None = None
+    adapter: Adapter | None = None  # the LoRA adapter the request's `model` names
 
 
 def to_sampling_params(plan: GenerationPlan, *, stream: bool) -> SamplingParams:

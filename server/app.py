@@ -11,13 +11,16 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from engine.core import EngineOptions, LlamaEngine
-from server import errors, metrics, model_source
+from server import adapters, errors, metrics, model_source
+from server.adapter_settings import lora_enabled
 from server.lifecycle import MODEL_LOAD_EXIT_CODE
 from server.limits import BodyLimitMiddleware
 from server.observability import RequestContextMiddleware
 from server.security import ApiKeyMiddleware, load_keyring, warn_if_open
 from schemas import ChatCompletionRequest, CompletionRequest
+from schemas.adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
+from server.routes import adapters as adapter_routes
 from server.routes import generate, meta, playground, tokenize
 from server.routes.docs import document_bodies
 from server.safety.guards import Guard, start_guard
@@ -40,6 +43,7 @@ def engine_options(settings: Settings) -> EngineOptions:
                 fields[name] = value
     # Beam search asks for 2 x width alternatives per step.
     fields["max_logprobs"] = max(settings.max_logprobs, 2 * settings.max_best_of)
+    fields["enable_lora"] = lora_enabled(settings)
     return EngineOptions(model=source.path, served_model_name=source.served_name, **fields)
 
 
@@ -62,7 +66,14 @@ async def _load(state: ServerState, factory: EngineFactory, guard_factory: Guard
         if guard is not None:
             state.moderator = Moderator(state.settings, guard, state.metrics.registry)
             log.info("content safety on: guard=%s, checks %s", state.settings.guard, state.settings.guard_check)
-        state.engine = await asyncio.to_thread(factory, state.settings)
+        engine = await asyncio.to_thread(factory, state.settings)
+        if state.settings.lora_adapters:
+            try:
+                await adapters.load_configured(state.settings, engine)
+            except BaseException:
+                engine.shutdown()
+                raise
+        state.engine = engine
         log.info("model %s ready", state.engine.info.name)
     except Exception as exc:  # a server without its model serves nothing: exit so that the failure shows
         state.load_error = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever vLLM's message
@@ -98,7 +109,9 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
     app.include_router(generate.router)
     app.include_router(tokenize.router)
     app.include_router(playground.router)
-    document_bodies(app, (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest))
+    app.include_router(adapter_routes.router)
+    document_bodies(app, (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest,
+                          LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest))
     return app
 
 

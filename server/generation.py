@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from engine.adapters import Adapter
 from engine.core import LlamaEngine
 from engine.errors import EngineError, EngineFailure, InvalidGenerationRequest
 from engine.outputs import ChoiceDelta, Step
@@ -48,6 +49,11 @@ class Job:
     echo_texts: list[str] | None = None  # prompt texts to echo, one per prompt
     trace: Trace | None = None  # metrics and access-log hook, set by the route
     moderation: Moderation | None = None  # content safety checks, set by the route when a guard is on
+
+    @property
+    def model_name(self) -> str | None:
+        """The adapter's name, which responses report as their model; None: the base model's."""
+        return self.plan.adapter.name if self.plan.adapter else None
 
     @property
     def total_choices(self) -> int:
@@ -131,10 +137,15 @@ def _apply_extra_parameters(req: GenerationRequest, header: str | None) -> None:
 # --- convert
 
 
-def check_model(model: str | None, engine: LlamaEngine) -> None:
-    if model is not None and model not in (engine.info.name, engine.info.path):
+def check_model(model: str | None, engine: LlamaEngine) -> Adapter | None:
+    """The LoRA adapter `model` names; None for the base model."""
+    if model is None or model in (engine.info.name, engine.info.path):
+        return None
+    adapter = engine.adapters.get(model)
+    if adapter is None:
         raise APIError(404, f"The model `{model}` does not exist; this server serves `{engine.info.name}`",
                        param="model", code="model_not_found")
+    return adapter
 
 
 def _choices_and_limits(req: GenerationRequest, settings: Settings, num_logprobs: int | None) -> int:
@@ -205,7 +216,7 @@ def _fan_out(req: GenerationRequest, settings: Settings, num_prompts: int, num_l
 
 def _plan(req, settings: Settings, engine: LlamaEngine, prompts: list[list[int]], prompt_param: str,
           default_max: int | None, num_logprobs: int | None, prompt_logprobs: int | None = None,
-          output_schema: dict[str, Any] | None = None) -> GenerationPlan:
+          output_schema: dict[str, Any] | None = None, adapter: Adapter | None = None) -> GenerationPlan:
     num_choices = _fan_out(req, settings, len(prompts), num_logprobs)
     if req.stop_token_ids:
         engine.check_token_ids(req.stop_token_ids, "stop_token_ids")
@@ -224,6 +235,7 @@ def _plan(req, settings: Settings, engine: LlamaEngine, prompts: list[list[int]]
         prompt_logprobs=prompt_logprobs,
         pass_through=req.extra_fields() or None,
         output_grammar=None if output_schema is None else llama_json_grammar(output_schema),
+        adapter=adapter,
     )
 
 
@@ -233,7 +245,7 @@ def _job(req: GenerationRequest, flavor: render.Flavor, prompts: list[list[int]]
 
 
 async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
-    check_model(req.model, engine)
+    adapter = check_model(req.model, engine)
     if not engine.info.is_chat:
         raise bad_request("this model has no chat template; use the completions route", "messages")
     if req.top_logprobs is not None and req.logprobs is not True:
@@ -249,12 +261,12 @@ async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings
     with_tools = {"tools": tool_plan.template_tools} if tool_plan else {}  # requests without tools: as before
     prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars, **with_tools)
     plan = _plan(req, settings, engine, [prompt], "messages", None, k,
-                 output_schema=tool_plan.schema if tool_plan else None)
+                 output_schema=tool_plan.schema if tool_plan else None, adapter=adapter)
     return _job(req, render.ChatFlavor(top_k=k, tools=tool_plan), [prompt], plan)
 
 
 async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
-    check_model(req.model, engine)
+    adapter = check_model(req.model, engine)
     if req.suffix:
         raise bad_request("suffix is not supported: Llama models do not fill in the middle", "suffix")
     k = req.num_logprobs()
@@ -272,7 +284,8 @@ async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settin
             engine.check_token_ids(p, "prompt")
             prompts.append(p)
     echo_logprobs = k if (req.echo and k is not None) else None
-    plan = _plan(req, settings, engine, prompts, "prompt", DEFAULT_COMPLETION_MAX_TOKENS, k, echo_logprobs)
+    plan = _plan(req, settings, engine, prompts, "prompt", DEFAULT_COMPLETION_MAX_TOKENS, k, echo_logprobs,
+                 adapter=adapter)
     echo_texts = None
     if req.echo:
         echo_texts = [p if isinstance(p, str) else engine.decode(p) for p in req.prompts()]
@@ -320,7 +333,7 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
                 prompt_text=job.echo_texts[p_idx] if echo else "",
             )
             choices.append(annotate(job.flavor.full_choice(full), step, c.index))
-    body = job.flavor.envelope(job.request_id, int(time.time()), engine.info.name, chunk=False)
+    body = job.flavor.envelope(job.request_id, int(time.time()), job.model_name or engine.info.name, chunk=False)
     body["choices"] = choices
     body["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(s.completion_tokens for s in steps))
     return body
@@ -329,7 +342,7 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
 async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
     flavor, n = job.flavor, job.request.n
     created = int(time.time())
-    head = flavor.envelope(job.request_id, created, engine.info.name, chunk=True)
+    head = flavor.envelope(job.request_id, created, job.model_name or engine.info.name, chunk=True)
     state = render.StreamState()
     for i in range(job.total_choices):
         opening = flavor.opening_choice(i, job.echo_texts[i // n] if job.echo_texts else None)

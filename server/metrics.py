@@ -89,6 +89,15 @@ class Metrics:
         self.completion_tokens = Counter(
             "llamaserve_completion_tokens", "tokens generated for finished or cut-off requests", registry=r
         )
+        self.adapter_requests = Counter(
+            "llamaserve_adapter_requests", "generation requests on a LoRA adapter", ["model"], registry=r
+        )
+        self.adapter_prompt_tokens = Counter(
+            "llamaserve_adapter_prompt_tokens", "prompt tokens of requests on a LoRA adapter", ["model"], registry=r
+        )
+        self.adapter_completion_tokens = Counter(
+            "llamaserve_adapter_completion_tokens", "tokens generated on a LoRA adapter", ["model"], registry=r
+        )
 
     def watch(self, readings: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
         """Adds gauges computed at scrape time from (name, help, value) readings."""
@@ -100,9 +109,10 @@ class Metrics:
     def trace(self, exchange: Exchange, job: Job, engine: LlamaEngine, keep_text: bool) -> Trace:
         """Follows an admitted generation request; its counts reach the metrics and access log when it ends."""
         exchange.prompt_tokens = sum(len(p) for p in job.prompts)
+        exchange.model = job.model_name or engine.info.name
         if keep_text:
             exchange.prompt = [engine.decode(p) for p in job.prompts]
-        trace = Trace(self, exchange, keep_text)
+        trace = Trace(self, exchange, keep_text, adapter=job.model_name)
         exchange.cleanups.append(trace.finish)
         return trace
 
@@ -110,8 +120,9 @@ class Metrics:
 class Trace:
     """One generation request's token timings and counts; it also fills the access log's token fields."""
 
-    def __init__(self, metrics: Metrics, exchange: Exchange, keep_text: bool):
+    def __init__(self, metrics: Metrics, exchange: Exchange, keep_text: bool, adapter: str | None = None):
         self._metrics = metrics
+        self._adapter = adapter
         self._exchange = exchange
         self._last: float | None = None
         self._per_prompt: dict[int, int] = {}
@@ -144,6 +155,11 @@ class Trace:
         ex = self._exchange
         self._metrics.prompt_tokens.inc(ex.prompt_tokens or 0)
         self._metrics.completion_tokens.inc(ex.completion_tokens or 0)
+        if self._adapter is not None:
+            m = self._metrics
+            m.adapter_requests.labels(self._adapter).inc()
+            m.adapter_prompt_tokens.labels(self._adapter).inc(ex.prompt_tokens or 0)
+            m.adapter_completion_tokens.labels(self._adapter).inc(ex.completion_tokens or 0)
         if self._texts is not None:
             ex.output = ["".join(parts) for _, parts in sorted(self._texts.items())]
 

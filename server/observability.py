@@ -40,6 +40,7 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     status: int | None = None
     key_id: str | None = None
+    model: str | None = None  # the model or LoRA adapter a generation request used
     reject_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -137,6 +138,7 @@ class RequestContextMiddleware:
             "prompt_tokens": ex.prompt_tokens,
             "completion_tokens": ex.completion_tokens,
             "key_id": ex.key_id,
+            "model": ex.model,
             "client": ex.client,
         }
         if ex.reject_reason:

@@ -28,6 +28,8 @@ log = logging.getLogger("llamaserve.security")
 
 # Probes must work for orchestrators that hold no key; the playground page asks for the key itself.
 OPEN_PATHS = frozenset({"/health", "/ready", "/", "/playground"})
+# Opened only by admin keys, which their routes check (server/adapters.py): API keys must not open them.
+ADMIN_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 
 
 def key_id(key: str) -> str:
@@ -90,7 +92,7 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
     def _open(self, path: str) -> bool:
-        if path in OPEN_PATHS or path.startswith("/playground/"):
+        if path in OPEN_PATHS or path in ADMIN_PATHS or path.startswith("/playground/"):
             return True
         return path == "/metrics" and not self.state.settings.metrics_require_key
 

@@ -27,6 +27,7 @@ from pydantic_settings import (
 from typing_extensions import Annotated
 
 from engine.guard_format import resolve_codes
+from server import adapter_settings
 
 ENV_PREFIX = "LLAMASERVE_"
 # Kubernetes' service links give every pod <SERVICE>_PORT=tcp://10.0.0.1:8000 for each Service in its namespace,
@@ -153,7 +154,27 @@ class Settings(BaseSettings):
         description="per API key id (the access log's key_id): the categories that block, as JSON",
     )
 
-    @field_validator("api_keys", "guard_block_categories", mode="before")
+
+    # --- LoRA adapters (fine-tunes of the base model); LoRA is on in the engine only if one is configured or
+    # runtime loading is allowed, since it costs engine set-up (and torch.compile on CPU). See server/adapters.py.
+    lora_adapters: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="adapters served from the start, NAME=PATH (repeat --lora, or comma-separate); PATH: a PEFT "
+        "directory, a hub id, or a path under $AZUREML_MODEL_DIR",
+    )
+    allow_runtime_lora: bool = Field(False, description="admin routes /v1/load_lora_adapter, /v1/unload_lora_adapter")
+    admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="keys for the admin routes, comma-separated; distinct from api_keys"
+    )
+    lora_access: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='per-key adapter allow-list, JSON {"KEY_ID or KEY": ["adapter", ...]}; unlisted keys may use all',
+    )
+    max_loras: int = Field(1, ge=1, description="adapters in one engine batch at once (vLLM max_loras)")
+    max_lora_rank: int = Field(16, description="largest adapter rank: 1, 8, 16, 32, 64, 128, 256, 320 or 512")
+    max_cpu_loras: int | None = Field(None, ge=1, description="adapters kept in CPU memory, LRU (default: max_loras)")
+
+    @field_validator("api_keys", "admin_api_keys", "guard_block_categories", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         """Blank entries are dropped; whether any key is left is checked at start (server/security.py)."""
@@ -162,6 +183,21 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             return [k.strip() if isinstance(k, str) else k for k in value if not (isinstance(k, str) and not k.strip())]
         return value
+
+    @field_validator("lora_adapters", mode="before")
+    @classmethod
+    def _named_paths(cls, value: Any) -> Any:
+        return adapter_settings.named_paths(value)
+
+    @field_validator("lora_access", mode="before")
+    @classmethod
+    def _access_json(cls, value: Any) -> Any:
+        return adapter_settings.access_map(value)
+
+    @model_validator(mode="after")
+    def _lora_consistent(self) -> Settings:
+        adapter_settings.check(self)
+        return self
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

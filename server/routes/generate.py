@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from engine.errors import EngineError
 from schemas import ChatCompletionRequest, CompletionRequest
-from server import generation
+from server import adapters, generation
 from server.limits import sse_options
 from server.observability import exchange_of
 from server.routes.docs import body_doc
@@ -22,9 +22,10 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
     state = state_of(request)
     req = generation.parse_request(await request.body(), model, request.headers.get("extra-parameters"), state.settings)
     engine = state.ready_engine()
+    exchange = exchange_of(request)
+    adapters.check_access(state.settings, exchange.key_id, req.model, engine)
     try:
         job = await prepare(req, engine, state.settings)
-        exchange = exchange_of(request)
         ticket = await state.limits.admit(job, exchange)
         job.trace = state.metrics.trace(exchange, job, engine, state.settings.log_prompts)
         if state.moderator is not None:

@@ -7,6 +7,8 @@ import time
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
+from server import adapters
+from server.observability import exchange_of
 from server.state import state_of
 
 router = APIRouter(tags=["meta"])
@@ -24,7 +26,8 @@ async def info(request: Request) -> dict:
 
 @router.get("/v1/models")
 async def models(request: Request) -> dict:
-    engine = state_of(request).ready_engine()
+    state = state_of(request)
+    engine = state.ready_engine()
     return {
         "object": "list",
         "data": [
@@ -34,7 +37,8 @@ async def models(request: Request) -> dict:
                 "created": int(time.time()),
                 "owned_by": engine.info.provider.lower(),
                 "max_model_len": engine.info.max_model_len,
-            }
+            },
+            *(adapters.model_card(a, engine) for a in adapters.visible(state.settings, exchange_of(request).key_id, engine)),
         ],
     }
 

@@ -14,6 +14,7 @@ from engine.errors import InvalidGenerationRequest
 from engine.sampling import GenerationPlan
 from schemas.chat import template_messages
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
+from server import adapters
 from server.errors import bad_request
 from server.generation import Job, check_model, check_prompt_chars, parse_body
 from server.observability import exchange_of
@@ -35,6 +36,7 @@ async def tokenize(request: Request) -> dict:
     state = state_of(request)
     body = parse_body(await request.body(), TokenizeRequest, state.settings)
     engine = state.ready_engine()
+    adapters.check_access(state.settings, exchange_of(request).key_id, body.model, engine)
     check_model(body.model, engine)
     try:
         if body.messages is not None:
@@ -57,6 +59,7 @@ async def detokenize(request: Request) -> dict:
     state = state_of(request)
     body = parse_body(await request.body(), DetokenizeRequest, state.settings)
     engine = state.ready_engine()
+    adapters.check_access(state.settings, exchange_of(request).key_id, body.model, engine)
     check_model(body.model, engine)
     try:
         engine.check_token_ids(body.tokens, "tokens")

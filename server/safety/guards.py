@@ -65,6 +65,7 @@ def local_guard_options(settings: Settings, main: EngineOptions) -> EngineOption
         distributed_executor_backend=None,
         cpu_kvcache_space_gib=settings.guard_cpu_kvcache_space_gib or main.cpu_kvcache_space_gib,
         max_logprobs=0,
+        enable_lora=False,  # adapters are the served model's, never the guard's
     )
 
 

@@ -36,11 +36,21 @@ llamaserve.io/role: server
 {{- if hasKey $preset "Error" -}}{{- fail (printf "preset is not YAML: %s" $preset.Error) -}}{{- end -}}
 {{- end -}}
 {{- $s := mergeOverwrite (dict) $preset (deepCopy (.Values.settings | default dict)) -}}
-{{- range $k := list "api_keys" "api_key_file" -}}
+{{- range $k := list "api_keys" "api_key_file" "admin_api_keys" -}}
 {{- if hasKey $s $k -}}{{- fail (printf "settings.%s: API keys go in the Secret (values: secret.*), never in plain env" $k) -}}{{- end -}}
 {{- end -}}
 {{- range $k := list "port" "host" -}}
 {{- if hasKey $s $k -}}{{- fail (printf "settings.%s: set containerPort instead; probes and the Service follow it" $k) -}}{{- end -}}
+{{- end -}}
+{{- with .Values.lora -}}
+{{- if or .adapters .allowRuntime -}}
+{{- $_ := set $s "lora_adapters" (.adapters | default dict) -}}
+{{- $_ := set $s "allow_runtime_lora" .allowRuntime -}}
+{{- $_ := set $s "lora_access" (.access | default dict) -}}
+{{- $_ := set $s "max_loras" .maxLoras -}}
+{{- $_ := set $s "max_lora_rank" .maxLoraRank -}}
+{{- if .maxCpuLoras -}}{{- $_ := set $s "max_cpu_loras" .maxCpuLoras -}}{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- if .Values.multiNode.enabled -}}
 {{- $backend := get $s "distributed_executor_backend" | default "ray" -}}
@@ -106,6 +116,13 @@ llamaserve.io/role: server
 # Without keys the server starts only when told to (server/security.py); workers serve no HTTP.
 - name: LLAMASERVE_ALLOW_UNAUTHENTICATED
   value: "true"
+{{- end }}
+{{- if and $server .Values.lora.allowRuntime }}
+- name: LLAMASERVE_ADMIN_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llamaserve.secretName" . }}
+      key: {{ .Values.secret.adminApiKeysKey }}
 {{- end }}
 {{- end }}
 {{- end -}}
