@@ -41,7 +41,7 @@ def _die_with_the_test_run() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def kill_group(pgid: int, timeout: float = 10) -> bool:
+def kill_group(pgid: int, timeout: float = 30) -> bool:
     """SIGKILLs every process of the group; True once none is left (zombies of ours are reaped by the caller)."""
     try:
         os.killpg(pgid, signal.SIGKILL)

@@ -15,7 +15,8 @@ from tests.conftest import ServerProcess
 from tests.probes import metric, sse_events, wait_until
 
 KEYS = [f"limits-key-{i:02d}-0123456789abcdef" for i in range(13)]
-RPM, TPM, TIMEOUT_S, MAX_BYTES = 5, 5000, 3, 4096
+# TIMEOUT_S also bounds how long the overload test's streams hold their slots: room for a loaded machine.
+RPM, TPM, TIMEOUT_S, MAX_BYTES = 5, 5000, 6, 4096
 PATIENT_TIMEOUT_S = 12
 # Work that outlasts TIMEOUT_S even on an idle machine (logprobs make every step costly), within the TPM budget.
 SLOW_REQUEST = {"prompt": "hi", "max_tokens": 490, "n": 10, "logprobs": 20, "ignore_eos": True}
@@ -105,10 +106,8 @@ def test_overload_is_refused_at_once_and_slots_are_held_until_the_last_frame(lim
     results: dict[str, object] = {}
     try:
         streams = [clients[i].stream("POST", "/v1/chat/completions", json=chat) for i in range(2)]
+        # Headers come once a request holds its slot: the next one queues from here on, whatever the machine's speed.
         responses = [s.__enter__() for s in streams]
-        # One line iterator per stream, kept: dropping a started httpx iterator closes the connection.
-        lines = [r.iter_lines() for r in responses]
-        assert all(next(it).startswith("data: ") for it in lines)  # both routes returned; frames still flowing
 
         def queued() -> None:
             with clients[2].stream("POST", "/v1/chat/completions", json=chat) as r:
@@ -116,6 +115,9 @@ def test_overload_is_refused_at_once_and_slots_are_held_until_the_last_frame(lim
 
         waiter = threading.Thread(target=queued)
         waiter.start()
+        # One line iterator per stream, kept: dropping a started httpx iterator closes the connection.
+        lines = [r.iter_lines() for r in responses]
+        assert all(next(it).startswith("data: ") for it in lines)  # both routes returned; frames still flowing
         assert wait_until(lambda: metric(_metrics(limited), "llamaserve_requests_queued") == 1, 10)
         assert metric(_metrics(limited), "llamaserve_requests_in_flight") == 2
         started = time.monotonic()

@@ -6,6 +6,7 @@ The figures these tests print (run with -s) are recorded in docs/RELIABILITY.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import statistics
 import threading
@@ -15,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, kill_group
 from tests.probes import engine_in_flight, metric, sse_events, wait_until
 
 PASS = {"extra-parameters": "pass-through"}
@@ -36,8 +37,19 @@ def doomed_pair(tiny_model):
     try:
         yield tuple(srv.wait_ready() for srv in pair)
     finally:
+        for srv in pair:  # each one, even if stopping the other failed
+            kill_group(srv.pgid)
         for srv in pair:
             srv.stop(signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _ended_with_the_test(srv: ServerProcess):
+    """A doomed server's endless requests must not outlive a failed test: they would starve every later test."""
+    try:
+        yield
+    finally:
+        kill_group(srv.pgid)
 
 
 def _stream_in_thread(base_url: str, body: dict, out: dict, key: str) -> threading.Thread:
@@ -70,7 +82,11 @@ def _post_in_thread(base_url: str, body: dict, out: dict, key: str) -> threading
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(doomed_pair):
-    srv = doomed_pair[0]
+    with _ended_with_the_test(doomed_pair[0]):
+        _drain_in_flight_requests(doomed_pair[0])
+
+
+def _drain_in_flight_requests(srv: ServerProcess) -> None:
     descendants = psutil.Process(srv.proc.pid).children(recursive=True)
     out: dict = {}
     endless = {**CHAT, "max_tokens": ENDLESS, "ignore_eos": True}
@@ -78,10 +94,10 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(doomed_pair):
         _stream_in_thread(srv.base_url, {**endless, "stream": True}, out, "stream"),
         _post_in_thread(srv.base_url, endless, out, "full"),
     ]
-    assert wait_until(lambda: "stream.first" in out and engine_in_flight(srv.base_url) == 2, 30)
-    threads.append(_stream_in_thread(srv.base_url, {**CHAT, "max_tokens": 20, "ignore_eos": True, "stream": True},
+    assert wait_until(lambda: "stream.first" in out and engine_in_flight(srv.base_url) == 2, 60)
+    threads.append(_stream_in_thread(srv.base_url, {**CHAT, "max_tokens": 8, "ignore_eos": True, "stream": True},
                                      out, "short"))
-    assert wait_until(lambda: "short.first" in out, 30)
+    assert wait_until(lambda: "short.first" in out, 60)
     sent = time.monotonic()
     srv.proc.send_signal(signal.SIGTERM)
     # Readiness turns false (or the port has closed already) and new requests are refused.
@@ -130,7 +146,11 @@ def _refused(base_url: str) -> bool:
 
 
 def test_engine_death_fails_requests_fast_and_exits_non_zero(doomed_pair):
-    srv = doomed_pair[1]
+    with _ended_with_the_test(doomed_pair[1]):
+        _engine_death(doomed_pair[1])
+
+
+def _engine_death(srv: ServerProcess) -> None:
     out: dict = {}
     endless = {**CHAT, "max_tokens": ENDLESS, "ignore_eos": True}  # still running when the engine dies
     stream = _stream_in_thread(srv.base_url, {**endless, "stream": True}, out, "stream")
@@ -140,7 +160,7 @@ def test_engine_death_fails_requests_fast_and_exits_non_zero(doomed_pair):
 
     waiter = threading.Thread(target=full, daemon=True)
     waiter.start()
-    assert wait_until(lambda: "stream.first" in out and engine_in_flight(srv.base_url) == 2, 30)
+    assert wait_until(lambda: "stream.first" in out and engine_in_flight(srv.base_url) == 2, 60)
     descendants = psutil.Process(srv.proc.pid).children(recursive=True)
     cores = [p for p in descendants if "EngineCore" in " ".join(p.cmdline()) + p.name()]
     assert cores and len(descendants) > len(cores), [p.name() for p in descendants]  # its worker too
