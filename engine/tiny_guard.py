@@ -13,12 +13,10 @@ Building is deterministic and cached by version and verdict.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from engine import guard_format
+from engine.build_cache import build_once
 from engine.tiny_model import _build_tokenizer
 
 BUILD_VERSION = "tiny-guard-v1"
@@ -34,20 +32,7 @@ def ensure_tiny_guard(cache_dir: Path, verdict: str = "unsafe\nS1") -> Path:
     """The directory of a tiny guard that always answers `verdict` (e.g. "safe", "unsafe\\nS1,S10")."""
     guard_format.parse_verdict(verdict)  # only real verdicts
     target = guard_dir(cache_dir, verdict)
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
-    try:
-        _build(staging, verdict)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(target, "config.json", lambda staging: _build(staging, verdict))
 
 
 def guard_tokenizer():

@@ -9,13 +9,11 @@ two seeds are two different fine-tunes and the same seed is the same bytes on ev
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from engine.adapters import module_dims
+from engine.build_cache import build_once
 
 BUILD_VERSION = "tiny-lora-v1"
 _ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -74,17 +72,4 @@ def write_adapter(
 def ensure_tiny_lora(cache_dir: Path, base_dir: Path, seed: int = 1) -> Path:
     """The tiny model's adapter number `seed`, built under the model cache on first use."""
     target = Path(cache_dir) / BUILD_VERSION / f"seed-{seed}"
-    if (target / "adapter_config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
-    try:
-        write_adapter(staging, base_dir, seed=seed)
-        try:
-            os.rename(staging, target)
-        except OSError:  # another process finished the same deterministic build first
-            if not (target / "adapter_config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(target, "adapter_config.json", lambda staging: write_adapter(staging, base_dir, seed=seed))

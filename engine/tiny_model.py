@@ -8,11 +8,10 @@ Building is deterministic: same corpus, same tokenizer, same seeded weights.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
+
+from engine.build_cache import build_once
 
 BUILD_VERSION = "tiny-llama3-v2"  # v2: the chat template gained Llama 3.1 tool calling
 
@@ -92,21 +91,7 @@ def default_model_dir(cache_dir: Path) -> Path:
 def ensure_tiny_model(cache_dir: Path) -> Path:
     """Return the tiny model's directory, building it there first if it is missing."""
     target = default_model_dir(cache_dir)
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
-    try:
-        _build(staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            # Another process finished the same deterministic build first: theirs is as good as ours.
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(target, "config.json", _build)
 
 
 def _corpus(lines: int = 4000) -> list[str]:

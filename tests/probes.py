@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import psutil
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
@@ -62,3 +63,15 @@ def sse_events(raw: str) -> tuple[list[dict], bool]:
         else:
             events.append(json.loads(data))
     return events, done
+
+
+def alive(processes: list[psutil.Process]) -> list[str]:
+    """Those of `processes` still running (zombies count as gone), as "pid name"."""
+    found = []
+    for p in processes:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(f"{p.pid} {p.name()}")
+        except psutil.NoSuchProcess:
+            pass
+    return found

@@ -12,22 +12,11 @@ import psutil
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.probes import wait_until
+from tests.probes import alive, wait_until
 
 ORPHAN_DEADLINE_S = 5
 LOAD_FAILURE_DEADLINE_S = 120
 MODEL_LOAD_EXIT_CODE = 78
-
-
-def _alive(processes: list[psutil.Process]) -> list[str]:
-    found = []
-    for p in processes:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(f"{p.pid} {p.name()}")
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def test_sigkill_of_the_api_process_takes_the_engine_with_it(tiny_model):
@@ -39,10 +28,10 @@ def test_sigkill_of_the_api_process_takes_the_engine_with_it(tiny_model):
         killed = time.monotonic()
         srv.proc.kill()  # only the API process, the way the OOM killer would: not its group
         srv.proc.wait(10)
-        gone = wait_until(lambda: not _alive(descendants), ORPHAN_DEADLINE_S, 0.05)
+        gone = wait_until(lambda: not alive(descendants), ORPHAN_DEADLINE_S, 0.05)
         print(f"\n[orphans] {len(descendants)} engine processes gone {time.monotonic() - killed:.2f} s after "
               f"the API process's SIGKILL")
-        assert gone, _alive(descendants)
+        assert gone, alive(descendants)
         assert "is gone; ending engine process" in srv.log_tail(20_000)
     finally:
         srv.stop(signal.SIGKILL)

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from tests.conftest import ServerProcess, kill_group
-from tests.probes import engine_in_flight, metric, sse_events, wait_until
+from tests.probes import alive, engine_in_flight, metric, sse_events, wait_until
 
 PASS = {"extra-parameters": "pass-through"}
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -124,18 +124,7 @@ def _drain_in_flight_requests(srv: ServerProcess) -> None:
     assert rc == 0 and exited < GRACE_S + 2
     assert "Traceback" not in srv.log_tail(200_000)
     # The engine went with it: EngineCore and its worker stopped within the exit's deadline.
-    assert not _alive(descendants), _alive(descendants)
-
-
-def _alive(processes: list[psutil.Process]) -> list[str]:
-    found = []
-    for p in processes:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(f"{p.pid} {p.name()}")
-        except psutil.NoSuchProcess:
-            pass
-    return found
+    assert not alive(descendants), alive(descendants)
 
 
 def _refused(base_url: str) -> bool:
@@ -183,7 +172,7 @@ def _engine_death(srv: ServerProcess) -> None:
     print(f"\n[engine death] exit code {srv.proc.returncode} {exited:.1f} s after the kill; /health seen: {sorted(set(map(str, health)))}")
     assert srv.proc.returncode not in (0, None)
     # The killed EngineCore's worker does not outlive it (engine/lifeline.py), nor does anything else.
-    assert wait_until(lambda: not _alive(descendants), 5), _alive(descendants)
+    assert wait_until(lambda: not alive(descendants), 5), alive(descendants)
     assert 503 in health
     assert out["full"].status_code == 503, out["full"].text
     status, raw, _ = out["stream"]
