@@ -17,8 +17,12 @@ from tests.probes import metric, sse_events, wait_until
 KEYS = [f"limits-key-{i:02d}-0123456789abcdef" for i in range(13)]
 RPM, TPM, TIMEOUT_S, MAX_BYTES = 5, 5000, 3, 4096
 PATIENT_TIMEOUT_S = 12
-# Work that outlasts TIMEOUT_S even on an idle machine (logprobs make every step costly), within the TPM budget.
-SLOW_REQUEST = {"prompt": "hi", "max_tokens": 490, "n": 10, "logprobs": 20, "ignore_eos": True}
+# Work that outlasts TIMEOUT_S even on an idle, fast machine, within the TPM budget: 4,990 engine steps one after
+# the other (a step costs milliseconds whatever the hardware), each with 20 alternatives to rank. Ten choices of
+# 490 tokens, batched in 490 steps, finished within 3 s on an idle CI machine.
+SLOW_REQUEST = {"prompt": "hi", "max_tokens": 4990, "logprobs": 20, "ignore_eos": True}
+# Room for it past the tiny model's 1,024 positions (random weights: nothing to lose there).
+LONG_CONTEXT = 6144
 PASS = {"extra-parameters": "pass-through"}
 # Every choice's first token is forced (+100 bias) and stops it: a large reservation, one token used per choice.
 ONE_TOKEN_EACH = {"temperature": 1.0, "logit_bias": {"100": 100}, "stop_token_ids": [100]}
@@ -31,8 +35,9 @@ def limited(tiny_model):
             "--rate-limit-rpm", str(RPM), "--rate-limit-tpm", str(TPM),
             "--max-concurrent-requests", "2", "--max-queued-requests", "1",
             "--request-timeout-s", str(TIMEOUT_S), "--max-request-bytes", str(MAX_BYTES),
+            "--max-model-len", str(LONG_CONTEXT),
         ],
-        env={"LLAMASERVE_API_KEYS": ",".join(KEYS)},
+        env={"LLAMASERVE_API_KEYS": ",".join(KEYS), "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
     ).wait_ready()
     yield srv
     srv.stop()
