@@ -1,13 +1,14 @@
-"""Parsing and consistency rules of the LoRA settings (their fields live in server/settings.py)."""
+"""Parsing and consistency rules of the LoRA settings (their fields live in server/settings.py, which calls these
+rules from its validators: so this module reads the settings through `LoraSettings`, not by importing them)."""
 
 from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from server.settings import Settings
+from pydantic import SecretStr
 
 # Adapter names become `model` values, metric labels and log fields: plain tokens only (hub-style `org/name` ok).
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -62,7 +63,22 @@ def access_map(value: Any) -> Any:
     return value
 
 
-def check(settings: Settings) -> None:
+class LoraSettings(Protocol):
+    """The settings the LoRA rules read."""
+
+    served_model_name: str | None
+    lora_adapters: dict[str, str]
+    lora_access: dict[str, list[str]]
+    allow_runtime_lora: bool
+    admin_api_keys: list[SecretStr]
+    api_keys: list[SecretStr]
+    api_key_file: Path | None
+    max_loras: int
+    max_lora_rank: int
+    max_cpu_loras: int | None
+
+
+def check(settings: LoraSettings) -> None:
     if settings.max_lora_rank not in LORA_RANKS:
         raise ValueError(f"max_lora_rank must be one of {', '.join(map(str, LORA_RANKS))} (vLLM's kernel sizes)")
     for name in settings.lora_adapters:
@@ -82,6 +98,6 @@ def check(settings: Settings) -> None:
         raise ValueError("allow_runtime_lora on a server with api_keys needs admin_api_keys")
 
 
-def lora_enabled(settings: Settings) -> bool:
+def lora_enabled(settings: LoraSettings) -> bool:
     """LoRA costs engine set-up (kernels, no torch.compile on CPU): only on when it can be used."""
     return bool(settings.lora_adapters) or settings.allow_runtime_lora

@@ -23,7 +23,7 @@ from engine.core import LlamaEngine
 from engine.errors import EngineUnavailable
 from server.errors import APIError
 from server.model_source import AZUREML_MODEL_DIR
-from server.observability import exchange_of
+from server.exchange import exchange_of
 from server.security import KeyRing, key_id, presented_keys
 from server.settings import Settings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from engine.core import EngineOptions, LlamaEngine
-from server import adapters, errors, metrics, model_source
+from server import adapters, errors, model_source
 from server.adapter_settings import lora_enabled
 from server.lifecycle import MODEL_LOAD_EXIT_CODE
 from server.limits import BodyLimitMiddleware
@@ -21,7 +22,7 @@ from schemas import ChatCompletionRequest, CompletionRequest
 from schemas.adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
 from server.routes import adapters as adapter_routes
-from server.routes import generate, meta, playground, tokenize
+from server.routes import generate, meta, metrics, playground, tokenize
 from server.routes.docs import document_bodies
 from server.safety.guards import Guard, start_guard
 from server.safety.moderation import Moderator
@@ -36,15 +37,34 @@ GuardFactory = Callable[[Settings], Guard | None]
 
 def engine_options(settings: Settings) -> EngineOptions:
     source = model_source.resolve(settings)
-    fields = settings.model_dump(include=set(EngineOptions.__dataclass_fields__) - {"model", "served_model_name"})
+    e = settings.engine
     if source.is_tiny:
-        for name, value in model_source.TINY_MODEL_ENGINE_DEFAULTS.items():
-            if name not in settings.model_fields_set:
-                fields[name] = value
-    # Beam search asks for 2 x width alternatives per step.
-    fields["max_logprobs"] = max(settings.max_logprobs, 2 * settings.max_best_of)
-    fields["enable_lora"] = lora_enabled(settings)
-    return EngineOptions(model=source.path, served_model_name=source.served_name, **fields)
+        unset = {k: v for k, v in model_source.TINY_MODEL_ENGINE_DEFAULTS.items() if k not in settings.model_fields_set}
+        e = dataclasses.replace(e, **unset)
+    return EngineOptions(
+        model=source.path,
+        served_model_name=source.served_name,
+        dtype=e.dtype,
+        max_model_len=e.max_model_len,
+        tensor_parallel_size=e.tensor_parallel_size,
+        pipeline_parallel_size=e.pipeline_parallel_size,
+        gpu_memory_utilization=e.gpu_memory_utilization,
+        quantization=e.quantization,
+        kv_cache_dtype=e.kv_cache_dtype,
+        max_num_seqs=e.max_num_seqs,
+        trust_remote_code=e.trust_remote_code,
+        chat_template=e.chat_template,
+        enforce_eager=e.enforce_eager,
+        distributed_executor_backend=e.distributed_executor_backend,
+        cpu_kvcache_space_gib=e.cpu_kvcache_space_gib,
+        seed=e.seed,
+        # Beam search asks for 2 x width alternatives per step.
+        max_logprobs=max(settings.max_logprobs, 2 * settings.max_best_of),
+        enable_lora=lora_enabled(settings),
+        max_loras=e.max_loras,
+        max_lora_rank=e.max_lora_rank,
+        max_cpu_loras=e.max_cpu_loras,
+    )
 
 
 def start_engine(settings: Settings) -> LlamaEngine:
@@ -92,7 +112,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
         try:
             yield
         finally:
-            state.draining = True
+            state.lifecycle.draining = True
             state.loader.cancel()
             await state.lifecycle.stop()
             if state.engine is not None:
@@ -119,8 +139,8 @@ def _protect(app: FastAPI, state: ServerState) -> None:
     """Outermost first: request id and access log, then the key check, then the body size limit."""
     keys = load_keyring(state.settings)  # keys asked for but none given: refuses, never serves open
     warn_if_open(keys)
-    app.add_middleware(
-        BodyLimitMiddleware, max_bytes=state.settings.max_request_bytes, timeout_s=state.settings.body_timeout_s
-    )
-    app.add_middleware(ApiKeyMiddleware, state=state, keys=keys)
-    app.add_middleware(RequestContextMiddleware, state=state)  # added last: runs first
+    protection = state.settings.protection
+    app.add_middleware(BodyLimitMiddleware, max_bytes=protection.max_request_bytes, timeout_s=protection.body_timeout_s)
+    app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_require_key=protection.metrics_require_key)
+    # added last: runs first
+    app.add_middleware(RequestContextMiddleware, metrics=state.metrics, log_prompts=state.settings.log_prompts)

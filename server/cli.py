@@ -53,6 +53,7 @@ def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
     app = create_app(settings)
     state = state_of(app)
+    protection = settings.protection
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -67,14 +68,14 @@ def serve(settings: Settings) -> None:
         access_log=False,  # server.observability writes one JSON line per request instead
         loop="uvloop",
         # httptools, with a header timeout and a connection cap (server/connections.py).
-        http=guarded_protocol(settings.header_timeout_s, settings.max_connections),
+        http=guarded_protocol(protection.header_timeout_s, protection.max_connections),
         # X-Forwarded-For names the client (its rate-limit bucket, its log line) only from trusted_proxies;
         # uvicorn's default would trust 127.0.0.1 (and $FORWARDED_ALLOW_IPS).
-        proxy_headers=bool(settings.trusted_proxies),
-        forwarded_allow_ips=settings.trusted_proxies or [],
+        proxy_headers=bool(protection.trusted_proxies),
+        forwarded_allow_ips=list(protection.trusted_proxies),
         # The drain cancels what still runs at shutdown_grace_s; uvicorn's own cut only backs that up, early enough
         # that with the engine's stop (about 1 s) the process is gone within grace + 2 s.
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s + 1),
+        timeout_graceful_shutdown=math.ceil(protection.shutdown_grace_s + 1),
     )
     # uvicorn re-raises the signal it drained for once it is done; with the default action that would end a
     # clean drain with "killed by SIGTERM" instead of exit code 0.
@@ -82,7 +83,7 @@ def serve(settings: Settings) -> None:
     server = Server(config)
     server.run()
     # 3: uvicorn's start-up failure code, e.g. the port is taken
-    _exit_now(3 if not server.started else state.exit_code)
+    _exit_now(3 if not server.started else state.lifecycle.exit_code)
 
 
 def _exit_now(code: int) -> None:

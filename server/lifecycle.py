@@ -15,12 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from server.errors import APIError
-
-if TYPE_CHECKING:
-    from server.state import ServerState
+from server.limits import Limits
 
 log = logging.getLogger("llamaserve.lifecycle")
 
@@ -32,8 +30,14 @@ _ENGINE_DEAD_LINGER_S = 1.0
 
 
 class Lifecycle:
-    def __init__(self, state: ServerState):
-        self._state = state
+    """Owns whether the server drains and what the process exits with; acts on the requests through `limits`."""
+
+    def __init__(self, limits: Limits, shutdown_grace_s: float, engine_is_dead: Callable[[], bool]):
+        self._limits = limits
+        self._grace_s = shutdown_grace_s
+        self._engine_is_dead = engine_is_dead  # False while the engine loads
+        self.draining = False
+        self.exit_code = 0  # what the process exits with once the server stops (non-zero: the engine died)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -48,39 +52,38 @@ class Lifecycle:
 
     def request_drain(self) -> None:
         """Safe to call from a signal handler."""
-        self._state.draining = True
+        self.draining = True
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._begin_drain)
 
     def _begin_drain(self) -> None:
         if any(t.get_name() == "llamaserve-drain" for t in self._tasks):
             return
-        grace = self._state.settings.shutdown_grace_s
-        refused = self._state.limits.admission.close(_not_started("shutting_down", "the server is shutting down"))
+        grace = self._grace_s
+        refused = self._limits.admission.close(_not_started("shutting_down", "the server is shutting down"))
         log.warning("draining: refusing new requests (%d queued refused), %d in flight get %g s to finish",
-                    refused, self._state.limits.admission.running, grace)
+                    refused, self._limits.admission.running, grace)
         self._tasks.append(asyncio.get_running_loop().create_task(self._expire_after(grace), name="llamaserve-drain"))
 
     async def _expire_after(self, grace: float) -> None:
         await asyncio.sleep(grace)
-        cut = self._state.limits.expire_all("shutdown")
+        cut = self._limits.expire_all("shutdown")
         if cut:
             log.warning("drain grace of %g s is over: cancelled %d request(s) still running", grace, cut)
 
     async def _watch_engine(self) -> None:
-        state = self._state
-        while state.engine is None or not state.engine.is_dead:
+        while not self._engine_is_dead():
             await asyncio.sleep(_WATCH_INTERVAL_S)
         log.critical("the engine core died: failing requests in flight and exiting with code %d", ENGINE_DEAD_EXIT_CODE)
-        state.exit_code = ENGINE_DEAD_EXIT_CODE
-        state.limits.admission.close(_not_started("engine_unavailable", "the engine stopped"))
-        state.limits.expire_all("engine_dead")
+        self.exit_code = ENGINE_DEAD_EXIT_CODE
+        self._limits.admission.close(_not_started("engine_unavailable", "the engine stopped"))
+        self._limits.expire_all("engine_dead")
         await asyncio.sleep(_ENGINE_DEAD_LINGER_S)
         signal.raise_signal(signal.SIGTERM)
 
     def exit_now(self, code: int) -> None:
         """Stops the server (through the same drain) and makes the process exit with `code`."""
-        self._state.exit_code = code
+        self.exit_code = code
         signal.raise_signal(signal.SIGTERM)
 
 

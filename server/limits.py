@@ -17,18 +17,18 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.deadlines import Ticket
 from server.errors import APIError, error_response
-from server.observability import Exchange, exchange_of_scope
+from server.exchange import Exchange, exchange_of_scope
 
 if TYPE_CHECKING:
-    from server.generation import Job
-    from server.settings import Settings
+    from server.settings import Protection
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -298,27 +298,67 @@ class Admission:
         self.running -= 1
 
 
+class _Budget(Protocol):
+    @property
+    def max_tokens(self) -> int: ...
+
+    @property
+    def num_choices(self) -> int: ...
+
+
+class Admissible(Protocol):
+    """What admission reads of a generation request (server/generation.py's job): its prompts and its budget."""
+
+    @property
+    def prompts(self) -> Sequence[Sequence[int]]: ...
+
+    @property
+    def plan(self) -> _Budget: ...
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a request may cost, known at admission: its prompt tokens plus the most it may generate.
+    It is reserved at admission and settled at the end to prompt + the completion tokens generated."""
+
+    prompt_tokens: int
+    most_generated: int
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.most_generated
+
+    @classmethod
+    def of(cls, job: Admissible) -> Cost:
+        prompts = job.prompts
+        return cls(sum(len(p) for p in prompts), job.plan.max_tokens * job.plan.num_choices * len(prompts))
+
+
+NO_TOKENS = Cost(0, 0)  # a request that takes a slot and a request from the rate limits, but no tokens
+
+
 class Limits:
     """The protections of one running app (on `ServerState.limits`)."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.rates = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm)
-        self.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
+    def __init__(self, protection: Protection):
+        self.request_timeout_s = protection.request_timeout_s
+        self.rates = RateLimiter(protection.rate_limit_rpm, protection.rate_limit_tpm)
+        self.admission = Admission(protection.max_concurrent_requests, protection.max_queued_requests)
         self.tickets: set[Ticket] = set()
 
-    async def admit(self, job: Job, exchange: Exchange) -> Ticket:
-        """Charges the rate limits, then waits for a slot; the slot is freed when the exchange ends
-        (after a stream's last frame), whatever way it ends."""
+    async def admit(self, job: Admissible, exchange: Exchange) -> Ticket:
+        return await self.admit_cost(Cost.of(job), exchange)
+
+    async def admit_cost(self, cost: Cost, exchange: Exchange) -> Ticket:
+        """Charges the rate limits, then waits for a slot; the slot is freed, and the tokens settled, when the
+        exchange ends (after a stream's last frame), whatever way it ends."""
         loop = asyncio.get_running_loop()
-        timeout_s = self.settings.request_timeout_s
+        timeout_s = self.request_timeout_s
         ticket = Ticket(loop.time() + timeout_s - (time.perf_counter() - exchange.started), timeout_s)
-        prompt_tokens = sum(len(p) for p in job.prompts)
-        cost = charged_tokens(job)
         identity = exchange.key_id or f"addr:{exchange.client}"
         if self.rates:
             try:
-                exchange.set_headers(self.rates.charge(identity, cost, prompt_tokens))
+                exchange.set_headers(self.rates.charge(identity, cost.tokens, cost.prompt_tokens))
             except APIError:
                 exchange.reject_reason = "rate_limited"
                 raise
@@ -327,22 +367,18 @@ class Limits:
         except APIError as err:
             exchange.reject_reason = "overloaded" if err.code == "overloaded" else err.code
             if self.rates:
-                self.rates.refund(identity, cost)
+                self.rates.refund(identity, cost.tokens)
             raise
         self.tickets.add(ticket)
+        reserved = self.rates.reservation(cost.tokens) if self.rates else 0
 
-        def release() -> None:
+        def end() -> None:
             self.tickets.discard(ticket)
             self.admission.release()
+            if self.rates:  # completion_tokens counts what was generated
+                self.rates.settle(identity, reserved, cost.prompt_tokens + (exchange.completion_tokens or 0))
 
-        exchange.cleanups.append(release)
-        if self.rates:
-            reserved = self.rates.reservation(cost)
-
-            def settle() -> None:  # the exchange's end: completion_tokens counts what was generated
-                self.rates.settle(identity, reserved, prompt_tokens + (exchange.completion_tokens or 0))
-
-            exchange.cleanups.append(settle)
+        exchange.on_end(end)
         return ticket
 
     def expire_all(self, reason: str) -> int:
@@ -358,13 +394,6 @@ class Limits:
         ]
 
 
-def charged_tokens(job: Job) -> int:
-    """What a request may cost, known at admission: its prompt tokens plus the most it may generate.
-    It is reserved at admission and settled at the end to prompt + the completion tokens generated."""
-    return sum(len(p) for p in job.prompts) + job.plan.max_tokens * job.plan.num_choices * len(job.prompts)
-
-
-def sse_options(settings: Settings) -> dict[str, Any]:
-    # sse-starlette cancels streams as soon as uvicorn starts to exit; the drain ends them itself at
-    # shutdown_grace_s (error event + [DONE]), so sse-starlette's own cut only backs that up.
-    return {"shutdown_grace_period": settings.shutdown_grace_s + 0.5}
+def charged_tokens(job: Admissible) -> int:
+    """What a request may cost, known at admission (`Cost`): its prompt tokens plus the most it may generate."""
+    return Cost.of(job).tokens

@@ -1,4 +1,5 @@
-"""Prometheus metrics: ours live in a registry owned by the app; /metrics renders it plus the global one.
+"""Prometheus metrics: ours live in a registry owned by the app; /metrics (server/routes/metrics.py) renders it
+plus the global one.
 
 vLLM's AsyncLLM registers its own metrics (vllm:num_requests_running, vllm:kv_cache_usage_perc, ...) in
 prometheus_client's global REGISTRY in this process, so rendering both shows the engine's view next to ours.
@@ -10,20 +11,15 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, Request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from starlette.responses import Response
 
 if TYPE_CHECKING:
-    from engine.core import LlamaEngine
     from engine.outputs import Step
-    from server.generation import Job
-    from server.observability import Exchange
+    from server.exchange import Exchange
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -106,15 +102,9 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry) + generate_latest(REGISTRY)
 
-    def trace(self, exchange: Exchange, job: Job, engine: LlamaEngine, keep_text: bool) -> Trace:
-        """Follows an admitted generation request; its counts reach the metrics and access log when it ends."""
-        exchange.prompt_tokens = sum(len(p) for p in job.prompts)
-        exchange.model = job.model_name or engine.info.name
-        if keep_text:
-            exchange.prompt = [engine.decode(p) for p in job.prompts]
-        trace = Trace(self, exchange, keep_text, adapter=job.model_name)
-        exchange.cleanups.append(trace.finish)
-        return trace
+    def trace(self, exchange: Exchange, keep_text: bool, adapter: str | None = None) -> Trace:
+        """Follows an admitted generation request; its counts reach the metrics and access log at `finish`."""
+        return Trace(self, exchange, keep_text, adapter=adapter)
 
 
 class Trace:
@@ -163,11 +153,3 @@ class Trace:
         if self._texts is not None:
             ex.output = ["".join(parts) for _, parts in sorted(self._texts.items())]
 
-
-router = APIRouter(tags=["meta"])
-
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    state: Any = request.app.state.llama
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

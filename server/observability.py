@@ -1,4 +1,4 @@
-"""Request ids, the per-request record (`Exchange`), JSON access logs and per-route request metrics."""
+"""Request ids, JSON access logs and per-route request metrics (the per-request record is server/exchange.py)."""
 
 from __future__ import annotations
 
@@ -7,67 +7,22 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.datastructures import Headers
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-if TYPE_CHECKING:
-    from server.state import ServerState
+from server.exchange import Exchange, attach
+from server.metrics import Metrics
 
 ID_HEADERS = ("x-request-id", "x-ms-client-request-id")
 # A client's id is echoed into headers and logs: anything but a short plain token is replaced, not trusted.
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
-_SCOPE_KEY = "llamaserve.exchange"
 
 request_id_var: ContextVar[str] = ContextVar("llamaserve_request_id", default="-")
 access_log = logging.getLogger("llamaserve.access")
-
-
-@dataclass
-class Exchange:
-    """What the server learns about one HTTP request while serving it; logged once when it ends."""
-
-    request_id: str
-    method: str
-    path: str
-    client: str | None
-    started: float = field(default_factory=time.perf_counter)
-    status: int | None = None
-    key_id: str | None = None
-    model: str | None = None  # the model or LoRA adapter a generation request used
-    reject_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    prompt: list[str] | None = None
-    output: list[str] | None = None
-    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    completed: bool = False  # the response's last byte was sent
-    client_gone: bool = False  # the client disconnected before that
-    cleanups: list[Callable[[], None]] = field(default_factory=list)
-
-    def set_headers(self, headers: dict[str, str]) -> None:
-        self.response_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
-
-    def close(self) -> None:
-        while self.cleanups:
-            try:
-                self.cleanups.pop()()
-            except Exception:  # one failing cleanup must not skip the others (slots would leak)
-                logging.getLogger("llamaserve").exception("request cleanup failed")
-
-
-def exchange_of_scope(scope: Scope) -> Exchange:
-    return scope[_SCOPE_KEY]
-
-
-def exchange_of(request: Request) -> Exchange:
-    return request.scope[_SCOPE_KEY]
 
 
 def client_request_id(headers: Headers) -> str | None:
@@ -81,9 +36,10 @@ def client_request_id(headers: Headers) -> str | None:
 class RequestContextMiddleware:
     """Outermost: names the request, echoes its id, and logs and counts it when its last byte has gone."""
 
-    def __init__(self, app: ASGIApp, state: ServerState):
+    def __init__(self, app: ASGIApp, metrics: Metrics, log_prompts: bool):
         self.app = app
-        self.state = state
+        self.metrics = metrics
+        self.log_prompts = log_prompts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,7 +48,7 @@ class RequestContextMiddleware:
         rid = client_request_id(Headers(scope=scope)) or uuid.uuid4().hex
         client = scope.get("client")
         ex = Exchange(rid, scope["method"], scope["path"], client[0] if client else None)
-        scope[_SCOPE_KEY] = ex
+        attach(scope, ex)
         token = request_id_var.set(rid)
         ids = [(name.encode(), rid.encode()) for name in ID_HEADERS]
 
@@ -123,7 +79,7 @@ class RequestContextMiddleware:
         route = scope.get("route")
         route_path = getattr(route, "path", None) or "unmatched"
         latency = time.perf_counter() - ex.started
-        m = self.state.metrics
+        m = self.metrics
         m.requests.labels(route_path, ex.method, str(status)).inc()
         m.latency.labels(route_path).observe(latency)
         if status in (401, 413, 429, 503, 504) or ex.reject_reason:
@@ -143,7 +99,7 @@ class RequestContextMiddleware:
         }
         if ex.reject_reason:
             line["reject_reason"] = ex.reject_reason
-        if self.state.settings.log_prompts:
+        if self.log_prompts:
             line["prompt"] = ex.prompt
             line["output"] = ex.output
         access_log.info(orjson.dumps(line).decode())

@@ -18,11 +18,10 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import APIError, error_response
-from server.observability import exchange_of_scope
+from server.exchange import exchange_of_scope
 
 if TYPE_CHECKING:
     from server.settings import Settings
-    from server.state import ServerState
 
 log = logging.getLogger("llamaserve.security")
 
@@ -66,10 +65,10 @@ def presented_keys(headers: Headers) -> list[str]:
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, state: ServerState, keys: KeyRing):
+    def __init__(self, app: ASGIApp, keys: KeyRing, metrics_require_key: bool):
         self.app = app
-        self.state = state
         self.keys = keys
+        self.metrics_require_key = metrics_require_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,7 +93,7 @@ class ApiKeyMiddleware:
     def _open(self, path: str) -> bool:
         if path in OPEN_PATHS or path in ADMIN_PATHS or path.startswith("/playground/"):
             return True
-        return path == "/metrics" and not self.state.settings.metrics_require_key
+        return path == "/metrics" and not self.metrics_require_key
 
 
 class AuthSettingsError(ValueError):

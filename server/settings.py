@@ -4,14 +4,20 @@ Precedence, highest first: command-line flags > environment variables (``LLAMASE
 the YAML file named by ``--config`` / ``LLAMASERVE_CONFIG`` > the defaults below. Every field has the same
 name in all four places: ``max_model_len`` is ``--max-model-len``, ``LLAMASERVE_MAX_MODEL_LEN`` and the
 YAML key ``max_model_len``.
+
+The model stays flat, since those four names are what Helm charts, Azure ML deployments and the docs use; each part
+of the server takes the typed group it uses instead of the whole of it: `engine` (what vLLM is started with),
+`api_limits` (what one request may ask for) and `protection` (connections, bodies, rates, admission, timeouts).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -251,6 +257,18 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
         return tuple(sources)
 
+    @property
+    def engine(self) -> EngineSettings:
+        return _group(EngineSettings, self)
+
+    @property
+    def api_limits(self) -> ApiLimits:
+        return _group(ApiLimits, self)
+
+    @property
+    def protection(self) -> Protection:
+        return _group(Protection, self)
+
     def keys_requested(self) -> bool:
         """Keys were asked for in some source, even if what was given holds none (an empty secret)."""
         return "api_keys" in self.model_fields_set or self.api_key_file is not None
@@ -260,6 +278,74 @@ class Settings(BaseSettings):
         if self.api_key_file is not None:
             keys += key_file_lines(self.api_key_file.read_bytes())
         return keys
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the engine is started with (server/app.py `engine_options`); the model's location is resolved from
+    `model`, `served_model_name` and `model_cache_dir` (server/model_source.py)."""
+
+    model: str | None
+    served_model_name: str | None
+    model_cache_dir: Path
+    dtype: str
+    max_model_len: int | None
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    gpu_memory_utilization: float
+    quantization: str | None
+    kv_cache_dtype: str
+    max_num_seqs: int | None
+    trust_remote_code: bool
+    chat_template: str | None
+    enforce_eager: bool
+    distributed_executor_backend: str | None
+    cpu_kvcache_space_gib: int | None
+    seed: int
+    max_loras: int
+    max_lora_rank: int
+    max_cpu_loras: int | None
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """What one request may ask for: the request checks between the route and the engine."""
+
+    max_n: int
+    max_best_of: int
+    max_logprobs: int
+    max_prompts_per_request: int
+    max_sequences_per_request: int
+    max_chat_messages: int
+    max_prompt_chars: int
+
+
+@dataclass(frozen=True)
+class Protection:
+    """What keeps one client, or too many, from taking the server down (the keys themselves: server/security.py)."""
+
+    # connections (server/connections.py, uvicorn)
+    header_timeout_s: float
+    max_connections: int
+    trusted_proxies: tuple[str, ...]
+    # bodies (server/limits.py BodyLimitMiddleware)
+    max_request_bytes: int
+    body_timeout_s: float
+    # rates, admission and deadlines (server/limits.py Limits)
+    rate_limit_rpm: int
+    rate_limit_tpm: int
+    max_concurrent_requests: int
+    max_queued_requests: int
+    request_timeout_s: float
+    # the drain (server/lifecycle.py, server/sse.py)
+    shutdown_grace_s: float
+    # whether /metrics needs a key (server/security.py)
+    metrics_require_key: bool
+
+
+def _group(group: type, settings: Settings) -> Any:
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(group)}
+    return group(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def key_file_lines(raw: bytes) -> list[str]:

@@ -53,3 +53,11 @@ class _EventStream(EventSourceResponse):
 
 def event_stream(frames: AsyncIterator[bytes], headers: dict[str, str] | None = None, **options: Any) -> EventSourceResponse:
     return _EventStream(frames, headers=headers, sep="\n", **options)
+
+
+def event_stream_options(shutdown_grace_s: float) -> dict[str, Any]:
+    """sse-starlette's options for this server's event streams (`event_stream(frames, **options)`).
+
+    sse-starlette cancels streams as soon as uvicorn starts to exit; the drain ends them itself at
+    shutdown_grace_s (error event + [DONE]), so sse-starlette's own cut only backs that up."""
+    return {"shutdown_grace_period": shutdown_grace_s + 0.5}

@@ -22,18 +22,24 @@ class ServerState:
     engine: LlamaEngine | None = None
     load_error: str | None = None
     moderator: Moderator | None = None  # content safety, when a guard is configured
-    draining: bool = False
     loader: asyncio.Task | None = None
     background: list[asyncio.Task] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     limits: Limits = field(init=False)
     lifecycle: Lifecycle = field(init=False)
-    exit_code: int = 0  # what the process exits with once the server stops (non-zero: the engine died)
 
     def __post_init__(self) -> None:
-        self.limits = Limits(self.settings)
-        self.lifecycle = Lifecycle(self)
+        protection = self.settings.protection
+        self.limits = Limits(protection)
+        self.lifecycle = Lifecycle(self.limits, protection.shutdown_grace_s, self._engine_is_dead)
         self.metrics.watch(self._readings)
+
+    @property
+    def draining(self) -> bool:
+        return self.lifecycle.draining
+
+    def _engine_is_dead(self) -> bool:
+        return self.engine is not None and self.engine.is_dead
 
     def _readings(self) -> list[tuple[str, str, float]]:
         engine_in_flight = 0 if self.engine is None or self.engine.is_dead else self.engine.num_unfinished_requests()

@@ -13,7 +13,7 @@ from server import render
 from server.errors import APIError
 from server.generation import Job
 from server.limits import Limits
-from server.observability import Exchange
+from server.exchange import Exchange
 from server.settings import Settings
 
 TPM = 5000

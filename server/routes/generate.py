@@ -1,4 +1,10 @@
-"""The four completion routes: Azure's /chat/completions and /completions, OpenAI's and Llama's /v1/ twins."""
+"""The four completion routes: Azure's /chat/completions and /completions, OpenAI's and Llama's /v1/ twins.
+
+A generation request's lifetime is put together here, in `_serve`: parsed and prepared (server/generation.py),
+admitted (a slot and the rate limits, freed and settled when the exchange ends), traced (metrics and the access
+log's token counts, at the exchange's end), checked by the guard if one is on, and answered within its deadline.
+The exchange's end is the outermost middleware's (server/observability.py), after the response's last byte.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from engine.core import LlamaEngine
 from engine.errors import EngineError
 from schemas import ChatCompletionRequest, CompletionRequest
-from server import adapters, generation
-from server.limits import sse_options
-from server.observability import exchange_of
+from server import adapters, generation, sse
+from server.exchange import Exchange, exchange_of
 from server.routes.docs import body_doc
-from server.state import state_of
+from server.state import ServerState, state_of
 
 router = APIRouter(tags=["generation"])
 
@@ -26,14 +32,27 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
     adapters.check_access(state.settings, exchange.key_id, req.model, engine)
     try:
         job = await prepare(req, engine, state.settings)
-        ticket = await state.limits.admit(job, exchange)
-        job.trace = state.metrics.trace(exchange, job, engine, state.settings.log_prompts)
+        ticket = await state.limits.admit(job, exchange)  # the slot's release and the tokens' settling: on_end
+        _trace(state, exchange, job, engine)
         if state.moderator is not None:
-            job.moderation = state.moderator.for_request(job, engine, exchange.key_id)
-        reply = generation.respond(job, engine, request, ticket.stream, **sse_options(state.settings))
+            job.moderation = state.moderator.for_request(job.request, job.total_choices, engine, exchange.key_id)
+        # A streamed reply's frames pass through the ticket, which ends the event stream at the deadline.
+        options = sse.event_stream_options(state.settings.protection.shutdown_grace_s)
+        reply = generation.respond(job, engine, request, ticket.stream, **options)
         return await ticket.within(reply)
     except EngineError as exc:
         raise generation.engine_error(exc) from exc
+
+
+def _trace(state: ServerState, exchange: Exchange, job: generation.Job, engine: LlamaEngine) -> None:
+    """The access log's request fields now; the token counts as the reply goes, into the metrics at the end."""
+    keep_text = state.settings.log_prompts
+    exchange.prompt_tokens = sum(len(p) for p in job.prompts)
+    exchange.model = job.model_name or engine.info.name
+    if keep_text:
+        exchange.prompt = [engine.decode(p) for p in job.prompts]
+    job.trace = state.metrics.trace(exchange, keep_text, adapter=job.model_name)
+    exchange.on_end(job.trace.finish)
 
 
 @router.post("/chat/completions", openapi_extra=body_doc(ChatCompletionRequest))
@@ -46,4 +65,3 @@ async def chat_completions(request: Request) -> Response:
 @router.post("/v1/completions", openapi_extra=body_doc(CompletionRequest))
 async def completions(request: Request) -> Response:
     return await _serve(request, CompletionRequest, generation.prepare_completion)
-

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from server import adapters
-from server.observability import exchange_of
+from server.exchange import exchange_of
 from server.state import state_of
 
 router = APIRouter(tags=["meta"])

@@ -6,18 +6,16 @@ tokenising a few MB is seconds of CPU. Tokens are not charged: nothing is genera
 
 from __future__ import annotations
 
-import uuid
-
 from fastapi import APIRouter, Request
 
 from engine.errors import InvalidGenerationRequest
-from engine.sampling import GenerationPlan
 from schemas.chat import template_messages
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
 from server import adapters
 from server.errors import bad_request
-from server.generation import Job, check_model, check_prompt_chars, parse_body
-from server.observability import exchange_of
+from server.exchange import exchange_of
+from server.generation import check_model, check_prompt_chars, parse_body
+from server.limits import NO_TOKENS
 from server.routes.docs import body_doc
 from server.state import ServerState, state_of
 
@@ -26,8 +24,7 @@ router = APIRouter(tags=["tokenizer"])
 
 async def _admit(state: ServerState, request: Request) -> None:
     """One request, no tokens, one slot until the response is sent (through the generation routes' admission)."""
-    work = Job("tok-" + uuid.uuid4().hex, None, None, [], GenerationPlan(None, 0, 1, None))  # type: ignore[arg-type]
-    await state.limits.admit(work, exchange_of(request))
+    await state.limits.admit_cost(NO_TOKENS, exchange_of(request))
 
 
 @router.post("/tokenize", openapi_extra=body_doc(TokenizeRequest))

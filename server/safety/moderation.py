@@ -37,7 +37,7 @@ from server.errors import APIError
 
 if TYPE_CHECKING:
     from engine.core import LlamaEngine
-    from server.generation import Job
+    from schemas import GenerationRequest
     from server.safety.guards import Guard
     from server.settings import Settings
 
@@ -80,15 +80,16 @@ class Moderator:
             buckets=_LATENCY_BUCKETS, registry=registry,
         )
 
-    def for_request(self, job: Job, engine: LlamaEngine, key_id: str | None) -> Moderation:
-        req = job.request
+    def for_request(self, req: GenerationRequest, total_choices: int, engine: LlamaEngine,
+                    key_id: str | None) -> Moderation:
+        """The checks of one request, whose prompts come to `total_choices` choices in all."""
         if isinstance(req, ChatCompletionRequest):
             histories, param = [template_messages(req.messages)], "messages"
         else:
             texts = [p if isinstance(p, str) else engine.decode(p) for p in req.prompts()]
             histories, param = [[{"role": "user", "content": t}] for t in texts], "prompt"
         blocking = self._per_key.get(key_id or "", self._blocking)
-        return Moderation(self, blocking, histories, param, job.total_choices)
+        return Moderation(self, blocking, histories, param, total_choices)
 
     async def judge(self, turns: list[dict[str, str]], stage: str) -> Verdict | Failure:
         started = time.perf_counter()
