@@ -136,6 +136,18 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def stop_all(servers: list[ServerProcess]) -> None:
+    """Stops every one of `servers` (started together to overlap their start-ups), even if stopping one fails."""
+    failures = []
+    for srv in servers:
+        try:
+            srv.stop()
+        except Exception as exc:  # noqa: BLE001 - re-raised once all are stopped
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+
+
 def pytest_sessionfinish(session, exitstatus):
     """The safety net: whatever way the run ends (failure, Ctrl-C, a fixture that never got to stop its server),
     no server group outlives it."""
