@@ -4,7 +4,8 @@ little longer than one. A module declares how to launch its server with `@planne
 `name` gets it with `take(name, request)`. The first take in a group launches every server of that group that a
 selected test needs, and waits until all of them are ready before any test runs (so no start-up competes with a
 test for the CPU). Each module still stops its own server when its tests are done; groups are modules that run
-one after the other, so a server launched early waits idle (about 1% of a core) for a few modules at most.
+one after the other, so a server launched early waits idle (about 1% of a core) for a few modules at most, except
+for the group of the shared server (see below).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ class Plan:
 
 
 # The groups: modules that run one after the other (pytest runs modules in file-name order).
-WITH_THE_SHARED_SERVER = "the session's first server: conftest's shared `server` (test_api_errors on), test_connections"
+# The shared server is the session's first (test_api_errors); the connections and security servers start with it:
+# each of those then waits idle until its module (the security one for most of the session), which costs memory
+# (about 2.5 GB a server) but no CPU to speak of, and saves a start-up each.
+WITH_THE_SHARED_SERVER = "conftest's shared `server`, test_connections, test_security"
 LIMITS_TO_MODEL_MODES = "test_limits, test_lora, test_model_modes"
 
 _PLANS: dict[str, Plan] = {}

@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import ROOT, ServerProcess
+from tests.launches import WITH_THE_SHARED_SERVER, planned, take
 from tests.browser_page import browser, fill, finished, in_browser, open_page  # noqa: F401
 from tests.browser_page import wait_until
 from tests.probes import access_lines
@@ -38,14 +39,19 @@ CLOSED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def keyed(tiny_model, tmp_path_factory):
+@planned("keyed", group=WITH_THE_SHARED_SERVER)
+def _launch_keyed(tiny_model, tmp_path_factory) -> ServerProcess:
     key_file = tmp_path_factory.mktemp("secrets") / "keys"
     key_file.write_text(f"\ufeff# rotated 2026-11: the old key is gone\n\n  {FILE_KEY}\n\n")  # BOM, comment, blanks
-    srv = ServerProcess(
+    return ServerProcess(
         ["--api-key-file", str(key_file), "--metrics-require-key", "--log-prompts"],
         env={"LLAMASERVE_API_KEYS": ",".join(ENV_KEYS)},
-    ).wait_ready()
+    )
+
+
+@pytest.fixture(scope="module")
+def keyed(request):
+    srv = take("keyed", request)
     yield srv
     srv.stop()
 
