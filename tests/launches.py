@@ -34,6 +34,7 @@ LIMITS_TO_MODEL_MODES = "test_limits, test_lora, test_model_modes"
 
 _PLANS: dict[str, Plan] = {}
 _LAUNCHED: dict[str, ServerProcess] = {}  # launched, not yet taken by its fixture
+_TAKEN: set[str] = set()
 
 
 def planned(name: str, group: str):
@@ -54,7 +55,8 @@ def take(name: str, request: pytest.FixtureRequest) -> ServerProcess:
         needed = {fixture for item in request.session.items for fixture in getattr(item, "fixturenames", ())}
         tiny_model = request.getfixturevalue("tiny_model")
         tmp = request.getfixturevalue("tmp_path_factory")
-        members = [n for n, plan in _PLANS.items() if plan.group == group and (n == name or n in needed)]
+        members = [n for n, plan in _PLANS.items()
+                   if plan.group == group and (n == name or (n in needed and n not in _TAKEN))]
         for member in members:
             if member not in _LAUNCHED:
                 _LAUNCHED[member] = _PLANS[member].launch(tiny_model, tmp)
@@ -64,6 +66,7 @@ def take(name: str, request: pytest.FixtureRequest) -> ServerProcess:
                     _LAUNCHED[member].wait_ready()
                 except RuntimeError:
                     pass  # its own fixture reports it (wait_ready raises again on a server that has exited)
+    _TAKEN.add(name)
     return _LAUNCHED.pop(name).wait_ready()
 
 
