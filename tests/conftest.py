@@ -136,9 +136,24 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def stop_all(servers: list[ServerProcess]) -> None:
+    """Stops every one of `servers` (started together to overlap their start-ups), even if stopping one fails."""
+    failures = []
+    for srv in servers:
+        try:
+            srv.stop()
+        except Exception as exc:  # noqa: BLE001 - re-raised once all are stopped
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+
+
 def pytest_sessionfinish(session, exitstatus):
     """The safety net: whatever way the run ends (failure, Ctrl-C, a fixture that never got to stop its server),
     no server group outlives it."""
+    launches = sys.modules.get("tests.launches")
+    if launches is not None:
+        launches.stop_untaken()
     for pgid in list(_LIVE_GROUPS):
         kill_group(pgid)
 
@@ -165,11 +180,23 @@ def tiny_model() -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_model: Path):
+def server(request):
     """The shared server with default settings (no keys, default limits)."""
-    srv = ServerProcess(["--rate-limit-rpm", "0", "--rate-limit-tpm", "0"]).wait_ready()
+    from tests.launches import take
+
+    srv = take("server", request)
     yield srv
     srv.stop()
+
+
+def _launch_shared_server(tiny_model: Path, tmp_path_factory) -> ServerProcess:
+    return ServerProcess(["--rate-limit-rpm", "0", "--rate-limit-tpm", "0"])
+
+
+def pytest_configure(config):
+    from tests.launches import WITH_THE_SHARED_SERVER, planned
+
+    planned("server", group=WITH_THE_SHARED_SERVER)(_launch_shared_server)
 
 
 @pytest.fixture(scope="session")

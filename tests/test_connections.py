@@ -1,5 +1,6 @@
 """Connections cannot be held for free: header and body read timeouts, a connection cap, lingering close after
-an early answer, and X-Forwarded-For trusted only from `trusted_proxies`. Raw sockets against one real server."""
+an early answer, X-Forwarded-For trusted only from `trusted_proxies`, and a client that stops reading loses its slot
+after the request deadline and a grace. Raw sockets against one real server."""
 
 from __future__ import annotations
 
@@ -13,20 +14,30 @@ import orjson
 import pytest
 
 from server.connections import LINGER_S
+from server.deadlines import STALLED_SEND_GRACE_S
 from tests.conftest import ServerProcess
-from tests.probes import access_lines
+from tests.launches import WITH_THE_SHARED_SERVER, planned, take
+from tests.probes import access_lines, metric, wait_until
 
 HEADER_S, BODY_S, CAP, RPM = 2.0, 2.0, 8, 3
+PATIENT_TIMEOUT_S = 12
+PATIENT_CLIENT = "127.0.0.3"
 PROXY = "127.0.0.2"  # loopback too: a client socket bound to it is a "proxy" the server trusts
 COMPLETION = {"prompt": "hi", "max_tokens": 1}
 
 
-@pytest.fixture(scope="module")
-def guarded(tiny_model):
-    srv = ServerProcess([
+@planned("guarded", group=WITH_THE_SHARED_SERVER)
+def _launch_guarded(tiny_model, tmp_path_factory) -> ServerProcess:
+    return ServerProcess([
         "--header-timeout-s", str(HEADER_S), "--body-timeout-s", str(BODY_S), "--max-connections", str(CAP),
         "--trusted-proxies", PROXY, "--rate-limit-rpm", str(RPM), "--rate-limit-tpm", "0",
-    ]).wait_ready()
+        "--request-timeout-s", str(PATIENT_TIMEOUT_S),
+    ])
+
+
+@pytest.fixture(scope="module")
+def guarded(request):
+    srv = take("guarded", request)
     yield srv
     srv.stop()
 
@@ -170,3 +181,41 @@ def test_x_forwarded_for_picks_the_bucket_only_from_a_trusted_proxy(guarded):
         assert post(None) == 200  # the proxy's own requests: the proxy's bucket
     line = next(x for x in access_lines(guarded.log_tail(10**6)) if x["request_id"] == "xff-198.51.100.2")
     assert line["client"] == "198.51.100.2"
+
+
+@pytest.fixture(scope="module")
+def patient(guarded):
+    """`guarded`'s deadline is long enough for a stream to fill the socket buffers; this test's client connects
+    from its own loopback address, so that its request leaves the rate-limit bucket of 127.0.0.1 to the others."""
+    return guarded
+
+
+def _metrics(srv) -> str:
+    return httpx.get(srv.base_url + "/metrics", timeout=10).text
+
+
+def test_a_client_that_stops_reading_loses_its_slot_after_the_deadline_and_grace(patient):
+    # ~9 KB per engine step (16 choices x 20 alternatives): the ~3-4 MB that the kernel and uvloop buffer
+    # for a client that never reads fill within a few seconds, and the sends stall.
+    body = orjson.dumps({"prompt": "hi", "max_tokens": 900, "n": 16, "logprobs": 20, "ignore_eos": True,
+                         "temperature": 1.0, "stream": True})
+    host, port = patient.base_url.removeprefix("http://").split(":")
+    in_flight = lambda: metric(_metrics(patient), "llamaserve_requests_in_flight")  # noqa: E731
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        sock.bind((PATIENT_CLIENT, 0))
+        sock.connect((host, int(port)))
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            + f"extra-parameters: pass-through\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+        )
+        started = time.monotonic()
+        assert wait_until(lambda: in_flight() == 1, 10)
+        # Never read: the stalled sends keep the stream from ending at its deadline...
+        time.sleep(max(0.0, started + PATIENT_TIMEOUT_S + 1.5 - time.monotonic()))
+        assert in_flight() == 1
+        # ...but the grace after it ends it, while the connection is still open.
+        assert wait_until(lambda: in_flight() == 0, STALLED_SEND_GRACE_S + 5)
+        assert time.monotonic() - started >= PATIENT_TIMEOUT_S + STALLED_SEND_GRACE_S - 0.5
+        assert wait_until(lambda: metric(_metrics(patient), "llamaserve_engine_requests_in_flight") == 0, 10)
+    assert "client stopped reading" in patient.log_tail(10**6)

@@ -1,40 +1,19 @@
-"""A server's engine processes go with it, whatever ends it; a model that fails to load ends the server.
+"""A model that fails to load ends the server: real servers that must fail to start.
 
-Starts real servers: one whose API process is SIGKILLed (its EngineCore and worker must follow), and a few that
-must fail to start."""
+(That a server's engine processes go with it when its API process is SIGKILLed is tested at the end of
+test_model_modes.py, on that module's server once it has done its work: a server start saved.)"""
 
 from __future__ import annotations
 
 import signal
 import time
 
-import psutil
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.probes import alive, wait_until
 
-ORPHAN_DEADLINE_S = 5
 LOAD_FAILURE_DEADLINE_S = 120
 MODEL_LOAD_EXIT_CODE = 78
-
-
-def test_sigkill_of_the_api_process_takes_the_engine_with_it(tiny_model):
-    srv = ServerProcess([]).wait_ready()
-    try:
-        descendants = psutil.Process(srv.proc.pid).children(recursive=True)
-        names = " ".join(p.name() for p in descendants)
-        assert "EngineCore" in names and "Worker" in names, names
-        killed = time.monotonic()
-        srv.proc.kill()  # only the API process, the way the OOM killer would: not its group
-        srv.proc.wait(10)
-        gone = wait_until(lambda: not alive(descendants), ORPHAN_DEADLINE_S, 0.05)
-        print(f"\n[orphans] {len(descendants)} engine processes gone {time.monotonic() - killed:.2f} s after "
-              f"the API process's SIGKILL")
-        assert gone, alive(descendants)
-        assert "is gone; ending engine process" in srv.log_tail(20_000)
-    finally:
-        srv.stop(signal.SIGKILL)
 
 
 def _fails_to_start(tmp_path, model: str) -> tuple[int, float, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -10,13 +9,12 @@ import httpx
 import orjson
 import pytest
 
-from server.deadlines import STALLED_SEND_GRACE_S
 from tests.conftest import ServerProcess
+from tests.launches import LIMITS_TO_MODEL_MODES, planned, take
 from tests.probes import metric, sse_events, wait_until
 
 KEYS = [f"limits-key-{i:02d}-0123456789abcdef" for i in range(13)]
 RPM, TPM, TIMEOUT_S, MAX_BYTES = 5, 5000, 3, 4096
-PATIENT_TIMEOUT_S = 12
 # Work that outlasts TIMEOUT_S even on an idle, fast machine, within the TPM budget: 4,990 engine steps one after
 # the other (a step costs milliseconds whatever the hardware), each with 20 alternatives to rank. Ten choices of
 # 490 tokens, batched in 490 steps, finished within 3 s on an idle CI machine.
@@ -28,9 +26,9 @@ PASS = {"extra-parameters": "pass-through"}
 ONE_TOKEN_EACH = {"temperature": 1.0, "logit_bias": {"100": 100}, "stop_token_ids": [100]}
 
 
-@pytest.fixture(scope="module")
-def limited(tiny_model):
-    srv = ServerProcess(
+@planned("limited", group=LIMITS_TO_MODEL_MODES)
+def _launch_limited(tiny_model, tmp_path_factory) -> ServerProcess:
+    return ServerProcess(
         [
             "--rate-limit-rpm", str(RPM), "--rate-limit-tpm", str(TPM),
             "--max-concurrent-requests", "2", "--max-queued-requests", "1",
@@ -38,7 +36,12 @@ def limited(tiny_model):
             "--max-model-len", str(LONG_CONTEXT),
         ],
         env={"LLAMASERVE_API_KEYS": ",".join(KEYS), "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
-    ).wait_ready()
+    )
+
+
+@pytest.fixture(scope="module")
+def limited(request):
+    srv = take("limited", request)
     yield srv
     srv.stop()
 
@@ -170,40 +173,6 @@ def test_a_stream_past_its_deadline_ends_with_an_error_event_then_done(limited):
     assert done and events[-1]["error"]["code"] == "timeout"
     assert all(e.get("choices") is not None for e in events[:-1])
     assert wait_until(lambda: metric(_metrics(limited), "llamaserve_engine_requests_in_flight") == 0, 5)
-
-
-@pytest.fixture(scope="module")
-def patient(tiny_model):
-    """A longer deadline than `limited`'s, and no rate limits: time for a stream to fill the socket buffers."""
-    srv = ServerProcess(["--request-timeout-s", str(PATIENT_TIMEOUT_S), "--rate-limit-rpm", "0", "--rate-limit-tpm", "0"])
-    yield srv.wait_ready()
-    srv.stop()
-
-
-def test_a_client_that_stops_reading_loses_its_slot_after_the_deadline_and_grace(patient):
-    # ~9 KB per engine step (16 choices x 20 alternatives): the ~3-4 MB that the kernel and uvloop buffer
-    # for a client that never reads fill within a few seconds, and the sends stall.
-    body = orjson.dumps({"prompt": "hi", "max_tokens": 900, "n": 16, "logprobs": 20, "ignore_eos": True,
-                         "temperature": 1.0, "stream": True})
-    host, port = patient.base_url.removeprefix("http://").split(":")
-    in_flight = lambda: metric(_metrics(patient), "llamaserve_requests_in_flight")  # noqa: E731
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
-        sock.connect((host, int(port)))
-        sock.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            + f"extra-parameters: pass-through\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
-        )
-        started = time.monotonic()
-        assert wait_until(lambda: in_flight() == 1, 10)
-        # Never read: the stalled sends keep the stream from ending at its deadline...
-        time.sleep(max(0.0, started + PATIENT_TIMEOUT_S + 1.5 - time.monotonic()))
-        assert in_flight() == 1
-        # ...but the grace after it ends it, while the connection is still open.
-        assert wait_until(lambda: in_flight() == 0, STALLED_SEND_GRACE_S + 5)
-        assert time.monotonic() - started >= PATIENT_TIMEOUT_S + STALLED_SEND_GRACE_S - 0.5
-        assert wait_until(lambda: metric(_metrics(patient), "llamaserve_engine_requests_in_flight") == 0, 10)
-    assert "client stopped reading" in patient.log_tail(10**6)
 
 
 def test_bodies_over_the_limit_get_413_before_parsing(limited):

@@ -15,6 +15,7 @@ from engine.adapters import module_dims
 from engine.tiny_lora import ensure_tiny_lora, write_adapter
 from server.security import key_id
 from tests.conftest import CACHE_DIR, ServerProcess
+from tests.launches import LIMITS_TO_MODEL_MODES, planned, take
 from tests.probes import access_lines, metric, wait_until
 
 BASE = "llamaserve-tiny-llama3"
@@ -27,15 +28,20 @@ def bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
 
-@pytest.fixture(scope="module")
-def lora_dirs(tiny_model: Path) -> dict[str, Path]:
+def _lora_dirs(tiny_model: Path) -> dict[str, Path]:
     return {f"seed-{s}": ensure_tiny_lora(CACHE_DIR, tiny_model, seed=s) for s in (1, 2, 3)}
 
 
 @pytest.fixture(scope="module")
-def srv(tiny_model: Path, lora_dirs):
+def lora_dirs(tiny_model: Path) -> dict[str, Path]:
+    return _lora_dirs(tiny_model)
+
+
+@planned("srv", group=LIMITS_TO_MODEL_MODES)
+def _launch_srv(tiny_model: Path, tmp_path_factory) -> ServerProcess:
+    lora_dirs = _lora_dirs(tiny_model)
     access = {key_id(KEY_A): ["alpha"], KEY_B: ["beta"]}  # by key id, and by the key itself
-    process = ServerProcess(
+    return ServerProcess(
         [
             "--model", str(tiny_model), "--served-model-name", BASE,
             "--enforce-eager", "--cpu-kvcache-space-gib", "1", "--dtype", "bfloat16",
@@ -45,7 +51,12 @@ def srv(tiny_model: Path, lora_dirs):
             "--lora", "alpha=seed-1", "--lora-access", json.dumps(access),
         ],
         env={"AZUREML_MODEL_DIR": str(lora_dirs["seed-1"].parent)},
-    ).wait_ready()
+    )
+
+
+@pytest.fixture(scope="module")
+def srv(request):
+    process = take("srv", request)
     yield process
     process.stop()
 

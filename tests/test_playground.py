@@ -3,7 +3,6 @@ against the real server on the tiny model. Screenshots land in tests/artifacts/p
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -11,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -21,16 +19,13 @@ from schemas import ChatCompletionRequest, CompletionRequest
 from server.app import create_app
 from server.routes.playground import STATIC
 from server.settings import Settings, load_settings
-from tests.conftest import ROOT, ServerProcess
+from tests.browser_page import browser, fill, finished, in_browser, open_page, wait_until  # noqa: F401
+from tests.conftest import ROOT
 
-KEY = "playground-key-0123456789abcdefgh"
 ARTIFACTS = ROOT / "tests" / "artifacts" / "playground"
-CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]
 # Request fields the form deliberately has no box for: the page fills them itself or leaves them to clients.
 NOT_IN_FORM = {"model", "messages", "prompt", "stream_options", "user", "suffix", "max_completion_tokens"}
+KEY = "playground-key-0123456789abcdefgh"
 FILES = ("playground.html", "playground.js", "playground.css")
 
 
@@ -87,83 +82,6 @@ def test_the_form_offers_every_field_the_api_takes():
 
 
 # --- in a real browser, on the real server
-
-
-def _browser_missing() -> str | None:
-    if not CHROMIUM:
-        return ("no chromium on PATH: `scripts/dev test` installs Debian's chromium with apt-get when run as root; "
-                "else install it yourself or set LLAMASERVE_CHROMIUM to a Chromium binary")
-    if importlib.util.find_spec("playwright") is None:
-        return "the playwright package is missing: pip install -e '.[test]'"
-    return None
-
-
-CHROMIUM = os.environ.get("LLAMASERVE_CHROMIUM") or shutil.which("chromium")
-BROWSER_MISSING = _browser_missing()
-# A mark, not a skip in the fixture, so that no server starts for tests that cannot run.
-in_browser = pytest.mark.skipif(BROWSER_MISSING is not None, reason=BROWSER_MISSING or "")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def keyed(tiny_model):
-    srv = ServerProcess(["--rate-limit-rpm", "0", "--rate-limit-tpm", "0"], env={"LLAMASERVE_API_KEYS": KEY})
-    yield srv.wait_ready()
-    srv.stop()
-
-
-def open_page(browser, srv, *, width=1280, height=900, scheme="light", wait_model=True):
-    context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=scheme,
-                                  permissions=["clipboard-read", "clipboard-write"])
-    context.set_default_timeout(120_000)
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: "Content Security Policy" in msg.text and errors.append(msg.text))
-    page.errors = errors
-    resp = page.goto(srv.base_url + "/")
-    assert resp.status == 200 and page.url.endswith("/playground")
-    if wait_model:
-        wait_until(page, "document.getElementById('model').textContent.includes('context')")
-    return page
-
-
-def wait_until(page, condition: str, timeout: float = 120):
-    """Polls a JavaScript condition. (Playwright's wait_for_function evaluates strings, which the page's CSP
-    forbids; evaluate() is exempt.)"""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(condition):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout}s: {condition}")
-        time.sleep(0.05)
-
-
-def fill(page, **params):
-    for name, value in params.items():
-        box = page.locator(f'[data-param="{name}"]')
-        if isinstance(value, bool):
-            box.set_checked(value)
-        elif box.evaluate("e => e.tagName") == "SELECT":
-            box.select_option(str(value))
-        else:
-            box.fill(str(value))
-
-
-def finished(page, count=1):
-    wait_until(
-        page,
-        f"document.querySelectorAll('.choice .finish').length >= {count} && "
-        "[...document.querySelectorAll('.choice .finish')].every(e => e.textContent.startsWith('finish_reason'))"
-        " && !document.getElementById('send').disabled")
 
 
 def sent_body(page) -> dict:
@@ -357,28 +275,3 @@ def test_readable_at_desktop_and_phone_width_in_light_and_dark(browser, server, 
     red = int(re.match(r"rgb\((\d+)", background).group(1))
     assert (red < 64) if scheme == "dark" else (red > 192)
     assert page.errors == []
-
-
-@in_browser
-def test_a_wrong_key_shows_the_401_and_the_key_stays_in_the_tab(browser, keyed):
-    page = open_page(browser, keyed, wait_model=False)  # the page itself needs no key
-    wait_until(page, "document.getElementById('model').textContent.includes('401')")
-    page.locator("#api-key").fill("not-the-key")
-    page.click("#send")
-    page.locator("#error").wait_for()
-    error = page.locator("#error")
-    assert "HTTP 401" in error.text_content()
-    assert page.locator(".error-message").text_content() == "Incorrect API key provided"
-    assert '"invalid_api_key"' in error.locator("pre").text_content()  # the body as the API returned it
-    page.locator("#api-key").fill(KEY)
-    assert page.evaluate("sessionStorage.getItem('llamaserve.apiKey')") == KEY
-    assert page.evaluate("localStorage.length") == 0
-    page.reload()
-    wait_until(page, "document.getElementById('model').textContent.includes('context')")
-    assert page.locator("#api-key").input_value() == KEY
-    fill(page, max_tokens=4)
-    page.click("#send")
-    finished(page)
-    assert page.locator("#error").is_hidden()
-    other_tab = open_page(browser, keyed, wait_model=False)  # a new session starts without it
-    assert other_tab.locator("#api-key").input_value() == ""

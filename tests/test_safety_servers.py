@@ -17,7 +17,7 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 
 from server.security import key_id
-from tests.conftest import CACHE_DIR, ServerProcess
+from tests.conftest import CACHE_DIR, ServerProcess, stop_all
 from tests.probes import metric
 
 pytestmark = pytest.mark.engine
@@ -37,38 +37,71 @@ def unsafe_guard() -> Path:
     return ensure_tiny_guard(CACHE_DIR, "unsafe\nS1")
 
 
-@pytest.fixture(scope="module")
-def local_server(tiny_model, unsafe_guard):
-    """The tiny model with a local guard that finds violence (S1) in everything, checking prompts and outputs."""
-    srv = ServerProcess([
-        "--guard", "local", "--guard-model", str(unsafe_guard), "--guard-check", "both",
-        "--api-keys", f"{STRICT},{LENIENT}", "--guard-key-categories", json.dumps({key_id(LENIENT): []}),
-        *NO_LIMITS,
-    ]).wait_ready()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def remote_pair(tiny_model, unsafe_guard):
-    """(server, guard): the tiny model checking its outputs with a remote guard, a second llamaserve serving the
-    guard model. Fail-open, the default."""
-    guard = ServerProcess(["--model", str(unsafe_guard), "--served-model-name", "llama-guard", *TINY_ENGINE, *NO_LIMITS])
+@pytest.fixture(scope="module", autouse=True)
+def servers(tiny_model, unsafe_guard):
+    """The module's three servers, launched together so that their start-ups overlap (the remote guard is first
+    called at request time, so the server that uses it need not wait for it): "local", the tiny model with a local
+    guard that finds violence (S1) in everything, checking prompts and outputs; "guard", a llamaserve serving the
+    guard model; "remote", the tiny model checking its outputs with "guard" as its remote guard (fail-open, the
+    default). Each fixture below waits for the one it gives."""
+    launched: list[ServerProcess] = []
     try:
-        guard.wait_ready()
-        srv = ServerProcess([
+        launched.append(guard := ServerProcess(["--model", str(unsafe_guard), "--served-model-name", "llama-guard",
+                                                *TINY_ENGINE, *NO_LIMITS]))
+        launched.append(local := ServerProcess([
+            "--guard", "local", "--guard-model", str(unsafe_guard), "--guard-check", "both",
+            "--api-keys", f"{STRICT},{LENIENT}", "--guard-key-categories", json.dumps({key_id(LENIENT): []}),
+            *NO_LIMITS,
+        ]))
+        launched.append(remote := ServerProcess([
             "--guard", "remote", "--guard-url", guard.base_url, "--guard-check", "output",
             "--guard-stream-interval-tokens", "4", "--guard-timeout-s", "5", *NO_LIMITS,
-        ]).wait_ready()
-        yield srv, guard
-        srv.stop()
+        ]))
+        yield {"local": local, "guard": guard, "remote": remote}
     finally:
-        guard.stop()
+        stop_all(launched)
+
+
+@pytest.fixture(scope="module")
+def local_server(servers):
+    return servers["local"].wait_ready()
+
+
+@pytest.fixture(scope="module")
+def remote_pair(servers):
+    """(server, guard): both ready."""
+    return servers["remote"].wait_ready(), servers["guard"].wait_ready()
 
 
 @pytest.fixture()
 def remote_server(remote_pair):
     return remote_pair[0]
+
+
+# --- the safe checkpoint (first: its engine starts in this process while the module's servers start)
+
+
+def test_safe_guard_checkpoint_answers_safe_through_the_real_loader(tiny_model):
+    from engine.guard import GuardEngine
+    from engine.guard_format import conversation, parse_verdict
+    from engine.tiny_guard import ensure_tiny_guard
+    from server.app import engine_options
+    from server.safety.guards import local_guard_options
+    from server.settings import Settings
+
+    settings = Settings(guard="local", guard_model=str(ensure_tiny_guard(CACHE_DIR, "safe")),
+                        model_cache_dir=CACHE_DIR)
+    guard = GuardEngine.start_guard(local_guard_options(settings, engine_options(settings)))
+    try:
+        async def judge():
+            return [await guard.classify(conversation(MESSAGES, output)) for output in (None, "an answer")]
+
+        answers = asyncio.run(judge())
+    finally:
+        guard.shutdown()
+        del guard  # its engine is shut down now, not by a finaliser at interpreter exit
+    assert answers == ["safe", "safe"]
+    assert all(parse_verdict(a).safe for a in answers)
 
 
 # --- a local guard blocks prompts
@@ -150,29 +183,3 @@ def test_dead_remote_guard_fails_open_with_content_filter_error(remote_pair):
                                             stream=True, extra_body={"ignore_eos": True})
     chunks = list(stream)
     assert chunks[-1].choices[0].finish_reason == "content_filter_error"
-
-
-# --- the safe checkpoint
-
-
-def test_safe_guard_checkpoint_answers_safe_through_the_real_loader(tiny_model):
-    from engine.guard import GuardEngine
-    from engine.guard_format import conversation, parse_verdict
-    from engine.tiny_guard import ensure_tiny_guard
-    from server.app import engine_options
-    from server.safety.guards import local_guard_options
-    from server.settings import Settings
-
-    settings = Settings(guard="local", guard_model=str(ensure_tiny_guard(CACHE_DIR, "safe")),
-                        model_cache_dir=CACHE_DIR)
-    guard = GuardEngine.start_guard(local_guard_options(settings, engine_options(settings)))
-    try:
-        async def judge():
-            return [await guard.classify(conversation(MESSAGES, output)) for output in (None, "an answer")]
-
-        answers = asyncio.run(judge())
-    finally:
-        guard.shutdown()
-        del guard  # its engine is shut down now, not by a finaliser at interpreter exit
-    assert answers == ["safe", "safe"]
-    assert all(parse_verdict(a).safe for a in answers)

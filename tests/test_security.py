@@ -1,4 +1,5 @@
-"""API keys: every route but the probes needs one when keys are set; keys never reach the logs."""
+"""API keys: every route but the probes needs one when keys are set; keys never reach the logs; the playground page
+shows a wrong key's 401 and keeps the key for the tab only (in a real browser, on this module's keyed server)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,15 @@ import openai
 import pytest
 
 from tests.conftest import ROOT, ServerProcess
-from tests.probes import access_lines, wait_until
+from tests.launches import WITH_THE_SHARED_SERVER, planned, take
+from tests.browser_page import browser, fill, finished, in_browser, open_page  # noqa: F401
+from tests.browser_page import wait_until
+from tests.probes import access_lines
+from tests.probes import wait_until as wait_for
 
 ENV_KEYS = ("primary-key-0123456789abcdefghij", "secondary-key-0123456789abcdefgh")
 FILE_KEY = "file-key-0123456789abcdefghijklmno"
+KEY = ENV_KEYS[1]  # the playground test's key
 COMPLETION = {"prompt": "hello", "max_tokens": 2}
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 CLOSED = [
@@ -33,14 +39,19 @@ CLOSED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def keyed(tiny_model, tmp_path_factory):
+@planned("keyed", group=WITH_THE_SHARED_SERVER)
+def _launch_keyed(tiny_model, tmp_path_factory) -> ServerProcess:
     key_file = tmp_path_factory.mktemp("secrets") / "keys"
     key_file.write_text(f"\ufeff# rotated 2026-11: the old key is gone\n\n  {FILE_KEY}\n\n")  # BOM, comment, blanks
-    srv = ServerProcess(
+    return ServerProcess(
         ["--api-key-file", str(key_file), "--metrics-require-key", "--log-prompts"],
         env={"LLAMASERVE_API_KEYS": ",".join(ENV_KEYS)},
-    ).wait_ready()
+    )
+
+
+@pytest.fixture(scope="module")
+def keyed(request):
+    srv = take("keyed", request)
     yield srv
     srv.stop()
 
@@ -95,7 +106,7 @@ def test_logs_name_the_key_by_id_never_by_value(keyed):
     def logged() -> list[dict]:
         return [line for line in access_lines(keyed.log_tail(10**7)) if line["request_id"] == "sec-log-1"]
 
-    assert wait_until(lambda: bool(logged()), 10)
+    assert wait_for(lambda: bool(logged()), 10)
     log = keyed.log_tail(10**7)
     assert all(k not in log for k in (*ENV_KEYS, FILE_KEY))
     line = logged()[0]
@@ -112,3 +123,28 @@ def test_keygen_prints_fresh_32_character_keys():
     keys = {subprocess.run(run, cwd=ROOT, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
             for _ in range(2)}
     assert len(keys) == 2 and all(re.fullmatch(r"[A-Za-z0-9]{32}", k) for k in keys)
+
+
+@in_browser
+def test_a_wrong_key_shows_the_401_and_the_key_stays_in_the_tab(browser, keyed):
+    page = open_page(browser, keyed, wait_model=False)  # the page itself needs no key
+    wait_until(page, "document.getElementById('model').textContent.includes('401')")
+    page.locator("#api-key").fill("not-the-key")
+    page.click("#send")
+    page.locator("#error").wait_for()
+    error = page.locator("#error")
+    assert "HTTP 401" in error.text_content()
+    assert page.locator(".error-message").text_content() == "Incorrect API key provided"
+    assert '"invalid_api_key"' in error.locator("pre").text_content()  # the body as the API returned it
+    page.locator("#api-key").fill(KEY)
+    assert page.evaluate("sessionStorage.getItem('llamaserve.apiKey')") == KEY
+    assert page.evaluate("localStorage.length") == 0
+    page.reload()
+    wait_until(page, "document.getElementById('model').textContent.includes('context')")
+    assert page.locator("#api-key").input_value() == KEY
+    fill(page, max_tokens=4)
+    page.click("#send")
+    finished(page)
+    assert page.locator("#error").is_hidden()
+    other_tab = open_page(browser, keyed, wait_model=False)  # a new session starts without it
+    assert other_tab.locator("#api-key").input_value() == ""
