@@ -27,7 +27,7 @@ from server.errors import APIError, error_response
 from server.observability import Exchange, exchange_of_scope
 
 if TYPE_CHECKING:
-    from server.generation import Job
+    from server.job import Job
     from server.settings import Settings
 
 

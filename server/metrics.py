@@ -22,7 +22,7 @@ from starlette.responses import Response
 if TYPE_CHECKING:
     from engine.core import LlamaEngine
     from engine.outputs import Step
-    from server.generation import Job
+    from server.job import Job
     from server.observability import Exchange
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

@@ -35,3 +35,9 @@ def test_schemas_import_nothing_of_ours_but_schemas():
 def test_engine_knows_nothing_about_http():
     for f, names in imported_modules("engine").items():
         assert not names & {"server", "fastapi", "starlette", "sse_starlette"}, f
+
+
+def test_engine_owns_its_input():
+    """The engine reads its own input type (engine/request.py), never the API's models nor the server's."""
+    for f, names in imported_modules("engine").items():
+        assert not names & {"schemas", "server"}, f

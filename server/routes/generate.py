@@ -9,7 +9,8 @@ from starlette.responses import Response
 
 from engine.errors import EngineError
 from schemas import ChatCompletionRequest, CompletionRequest
-from server import adapters, generation
+from server import adapters, generation, parse, respond
+from server.errors import engine_error
 from server.limits import sse_options
 from server.observability import exchange_of
 from server.routes.docs import body_doc
@@ -20,7 +21,7 @@ router = APIRouter(tags=["generation"])
 
 async def _serve(request: Request, model: type, prepare: Any) -> Response:
     state = state_of(request)
-    req = generation.parse_request(await request.body(), model, request.headers.get("extra-parameters"), state.settings)
+    req = parse.parse_request(await request.body(), model, request.headers.get("extra-parameters"), state.settings)
     engine = state.ready_engine()
     exchange = exchange_of(request)
     adapters.check_access(state.settings, exchange.key_id, req.model, engine)
@@ -30,10 +31,10 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
         job.trace = state.metrics.trace(exchange, job, engine, state.settings.log_prompts)
         if state.moderator is not None:
             job.moderation = state.moderator.for_request(job, engine, exchange.key_id)
-        reply = generation.respond(job, engine, request, ticket.stream, **sse_options(state.settings))
+        reply = respond.respond(job, engine, request, ticket.stream, **sse_options(state.settings))
         return await ticket.within(reply)
     except EngineError as exc:
-        raise generation.engine_error(exc) from exc
+        raise engine_error(exc) from exc
 
 
 @router.post("/chat/completions", openapi_extra=body_doc(ChatCompletionRequest))

@@ -7,26 +7,31 @@ tokenising a few MB is seconds of CPU. Tokens are not charged: nothing is genera
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 from fastapi import APIRouter, Request
 
-from engine.errors import InvalidGenerationRequest
-from engine.sampling import GenerationPlan
+from engine.errors import EngineError
 from schemas.chat import template_messages
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
 from server import adapters
-from server.errors import bad_request
-from server.generation import Job, check_model, check_prompt_chars, parse_body
+from server.errors import engine_error
+from server.generation import check_model
+from server.job import Job
+from server.parse import parse_body
 from server.observability import exchange_of
 from server.routes.docs import body_doc
 from server.state import ServerState, state_of
+from server.validation import check_prompt_chars
 
 router = APIRouter(tags=["tokenizer"])
 
 
 async def _admit(state: ServerState, request: Request) -> None:
     """One request, no tokens, one slot until the response is sent (through the generation routes' admission)."""
-    work = Job("tok-" + uuid.uuid4().hex, None, None, [], GenerationPlan(None, 0, 1, None))  # type: ignore[arg-type]
+    # Nothing generated: no engine input, no tokens charged (the limits read the charge off a Job today).
+    no_generation = SimpleNamespace(max_tokens=0, num_choices=0, n=0, adapter=None)
+    work = Job("tok-" + uuid.uuid4().hex, None, None, [], no_generation)  # type: ignore[arg-type]
     await state.limits.admit(work, exchange_of(request))
 
 
@@ -48,8 +53,8 @@ async def tokenize(request: Request) -> dict:
             check_prompt_chars(len(body.prompt or ""), state.settings, "prompt")
             await _admit(state, request)
             tokens = await engine.encode_text(body.prompt or "", add_special_tokens=body.add_special_tokens)
-    except InvalidGenerationRequest as exc:
-        raise bad_request(exc.message, exc.param) from exc
+    except EngineError as exc:
+        raise engine_error(exc) from exc
     return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.info.max_model_len}
 
 
@@ -63,7 +68,7 @@ async def detokenize(request: Request) -> dict:
     check_model(body.model, engine)
     try:
         engine.check_token_ids(body.tokens, "tokens")
-    except InvalidGenerationRequest as exc:
-        raise bad_request(exc.message, exc.param) from exc
+    except EngineError as exc:
+        raise engine_error(exc) from exc
     await _admit(state, request)
     return {"prompt": await engine.decode_text(body.tokens)}

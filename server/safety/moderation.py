@@ -37,7 +37,7 @@ from server.errors import APIError
 
 if TYPE_CHECKING:
     from engine.core import LlamaEngine
-    from server.generation import Job
+    from server.job import Job
     from server.safety.guards import Guard
     from server.settings import Settings
 
