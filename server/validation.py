@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.errors import InvalidGenerationRequest
 from engine.grammar import llama_json_grammar
 from engine.request import BeamParameters, GenerationInput, Mode, StructuredOutput
 from schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
+
+if TYPE_CHECKING:
+    from engine.adapters import Adapter
 
 # --- typed errors
 
@@ -143,11 +146,11 @@ def check_request(req: GenerationRequest, limits: ApiLimits, model: ModelFacts) 
 
 
 def validate(req: GenerationRequest, limits: ApiLimits, model: ModelFacts, prompts: list[list[int]], *,
-             tool_schema: dict[str, Any] | None = None, adapter: Any = None) -> GenerationInput:
+             tool_schema: dict[str, Any] | None = None, adapter: Adapter | None = None) -> GenerationInput:
     """The engine's input for `req` on `prompts` (token ids, one list per prompt), or an InvalidInput.
 
     `tool_schema`: the JSON schema a forced tool call must match (it overrides response_format);
-    `adapter`: the LoRA adapter the request's `model` names (engine.adapters.Adapter), None for the base model.
+    `adapter`: the LoRA adapter the request's `model` names, None for the base model.
     """
     choices = check_request(req, limits, model)
     chat = isinstance(req, ChatCompletionRequest)
