@@ -18,8 +18,8 @@ from server import adapters
 from server.errors import engine_error
 from server.generation import check_model
 from server.job import Job
-from server.parse import parse_body
 from server.observability import exchange_of
+from server.parse import parse_body
 from server.routes.docs import body_doc
 from server.state import ServerState, state_of
 from server.validation import check_prompt_chars
