@@ -69,6 +69,7 @@ class EngineOptions:
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
+    disable_log_stats: bool = False  # the guard engine: its vllm:* series would double the main engine's
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class LlamaEngine:
             max_cpu_loras=options.max_cpu_loras,
             # Sampling defaults come from the API contract, not from the checkpoint's generation_config.
             generation_config="vllm",
+            disable_log_stats=options.disable_log_stats,
         )
         lifeline.install()  # engine processes die with this one, however it ends
         llm = AsyncLLM.from_engine_args(args)
