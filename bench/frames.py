@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.frames
 
-A fake engine yields one-token steps; `generation.respond` turns them into SSE frames and the response sends them
+A fake engine yields one-token steps; `respond.respond` turns them into SSE frames and the response sends them
 to a no-op ASGI `send`. What is left is llamaserve's per-token work (frames, rendering, the SSE response), so a
 change to that path shows here without the noise of sockets, the engine and a shared machine. Prints the median
 of 5 runs of CPU microseconds per token, for chat and completions.
@@ -15,9 +15,12 @@ import time
 from collections.abc import AsyncIterator
 
 from engine.outputs import ChoiceDelta, PromptInfo, Step
-from engine.sampling import GenerationPlan
+from engine.request import GenerationInput
 from schemas import ChatCompletionRequest, CompletionRequest
-from server import generation, render
+from server import render, respond
+from server.job import Job
+from server.settings import Settings
+from server.validation import ModelFacts, validate
 
 TOKENS = 64
 REQUESTS = 300
@@ -30,14 +33,14 @@ class _Info:
 class FakeEngine:
     info = _Info()
 
-    async def stream(self, prompt: list[int], plan: GenerationPlan, request_id: str) -> AsyncIterator[Step]:
+    async def stream(self, prompt: list[int], plan: GenerationInput, request_id: str) -> AsyncIterator[Step]:
         info = PromptInfo(prompt)
         for i in range(TOKENS):
             last = i == TOKENS - 1
             yield Step([ChoiceDelta(0, " tok", [5], None, "length" if last else None)], info, i + 1, last)
 
 
-def _job(api: str) -> generation.Job:
+def _job(api: str) -> Job:
     if api == "chat":
         req = ChatCompletionRequest.model_validate(
             {"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": TOKENS})
@@ -45,11 +48,12 @@ def _job(api: str) -> generation.Job:
     else:
         req = CompletionRequest.model_validate({"prompt": "hi", "stream": True, "max_tokens": TOKENS})
         flavor = render.CompletionFlavor()
-    return generation.Job("bench-1", req, flavor, [[1, 2, 3]], GenerationPlan(req, TOKENS, 1, None))
+    facts = ModelFacts(context_length=4096, is_chat=True, check_token_ids=lambda ids, param: None)
+    return Job("bench-1", req, flavor, [[1, 2, 3]], validate(req, Settings(), facts, [[1, 2, 3]]))
 
 
 async def _one(api: str) -> None:
-    response = await generation.respond(_job(api), FakeEngine(), None)  # type: ignore[arg-type]
+    response = await respond.respond(_job(api), FakeEngine(), None)  # type: ignore[arg-type]
     never = asyncio.Event()
 
     async def receive() -> dict:

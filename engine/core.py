@@ -1,6 +1,7 @@
-"""The vLLM engine behind the server: start-up, tokenisation, generation, abort, health.
+"""The vLLM engine behind the server: start-up, tokenisation, generation.
 
-Knows nothing about HTTP. Results leave as `engine.outputs` objects; failures as `engine.errors` exceptions.
+Knows nothing about HTTP nor the API: it generates what an `engine.request.GenerationInput` says. Results leave as
+`engine.outputs` objects; failures as `engine.errors` exceptions.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +30,8 @@ from engine.beam_steps import EngineSteps
 from engine.chat_encoding import ChatEncoder
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
 from engine.failures import engine_failure
-from engine.sampling import GenerationPlan, beam_step_params, to_sampling_params
+from engine.request import GenerationInput, Mode
+from engine.sampling import beam_step_params, to_sampling_params
 from engine.tool_format import detect as detect_tool_format
 
 log = logging.getLogger("llamaserve.engine")
@@ -67,7 +69,7 @@ class EngineOptions:
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    disable_log_stats: bool = False  # the guard engine: its vllm:* series would double the main engine's
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ class LlamaEngine:
             max_cpu_loras=options.max_cpu_loras,
             # Sampling defaults come from the API contract, not from the checkpoint's generation_config.
             generation_config="vllm",
-            **options.extra,
+            disable_log_stats=options.disable_log_stats,
         )
         lifeline.install()  # engine processes die with this one, however it ends
         llm = AsyncLLM.from_engine_args(args)
@@ -151,17 +153,8 @@ class LlamaEngine:
     def is_dead(self) -> bool:
         return self._llm.errored
 
-    async def check_health(self) -> None:
-        try:
-            await self._llm.check_health()
-        except Exception as exc:
-            raise EngineUnavailable(str(exc) or "engine is not running") from exc
-
     def num_unfinished_requests(self) -> int:
         return self._llm.get_num_unfinished_requests()
-
-    async def abort(self, request_id: str) -> None:
-        await self._llm.abort(request_id)
 
     # --- text and tokens
 
@@ -248,63 +241,63 @@ class LlamaEngine:
 
     # --- generation
 
-    async def stream(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> AsyncIterator[outputs.Step]:
+    async def stream(self, prompt_ids: list[int], gen: GenerationInput, request_id: str) -> AsyncIterator[outputs.Step]:
         """Deltas as the engine produces them; cancelling the iteration aborts the engine request."""
-        params = to_sampling_params(plan, stream=True)
+        params = to_sampling_params(gen, stream=True)
         prompt = outputs.PromptInfo(token_ids=prompt_ids)
         completion_tokens = 0
-        async for out in self._generate(prompt_ids, params, request_id, plan.adapter):
+        async for out in self._generate(prompt_ids, params, request_id, gen.adapter):
             choices = [_choice(c, self._tokenizer) for c in out.outputs]
             completion_tokens += sum(len(c.token_ids) for c in choices)
             if out.prompt_logprobs is not None and prompt.logprobs is None:
                 prompt.logprobs = _prompt_logprobs(out, self._tokenizer)
             yield outputs.Step(choices, prompt, completion_tokens, out.finished)
 
-    async def complete(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> outputs.Step:
+    async def complete(self, prompt_ids: list[int], gen: GenerationInput, request_id: str) -> outputs.Step:
         """All choices at once; with best_of > n, the n best candidates by mean token logprob."""
-        if plan.request.use_beam_search:
-            return await self._beam_search(prompt_ids, plan, request_id)
-        params = to_sampling_params(plan, stream=False)
+        if gen.mode is Mode.beam:
+            return await self._beam_search(prompt_ids, gen, request_id)
+        params = to_sampling_params(gen, stream=False)
         final: RequestOutput | None = None
-        async for out in self._generate(prompt_ids, params, request_id, plan.adapter):
+        async for out in self._generate(prompt_ids, params, request_id, gen.adapter):
             final = out
         assert final is not None and final.finished
         candidates = final.outputs
         completion_tokens = sum(len(c.token_ids) for c in candidates)
-        if plan.num_choices > plan.request.n:
+        if gen.mode is Mode.best_of:
             # Ranked as the engine returned them: only the n kept become choices (their logprobs only if asked).
-            candidates = best_of.pick(candidates, plan.request.n)
-            if plan.num_logprobs is None:
+            candidates = best_of.pick(candidates, gen.n)
+            if gen.logprobs is None:
                 for c in candidates:
                     c.logprobs = None
         choices = [_choice(c, self._tokenizer) for c in candidates]
         prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer))
         return outputs.Step(choices, prompt, completion_tokens, finished=True)
 
-    async def _beam_search(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> outputs.Step:
-        req = plan.request
-        stop_ids = set(req.stop_token_ids or ()) | (set() if req.ignore_eos else self._eos_ids)
-        steps = EngineSteps(self._llm, prompt_ids, lambda tokens: beam_step_params(plan, tokens),
-                            request_id=request_id, max_tokens=plan.max_tokens, stop_ids=stop_ids,
-                            lora_request=_lora_request(plan.adapter))
+    async def _beam_search(self, prompt_ids: list[int], gen: GenerationInput, request_id: str) -> outputs.Step:
+        beam = gen.beam
+        assert beam is not None
+        stop_ids = set(gen.stop_token_ids) | (set() if gen.ignore_eos else self._eos_ids)
+        steps = EngineSteps(self._llm, prompt_ids, lambda tokens: beam_step_params(gen, tokens),
+                            request_id=request_id, max_tokens=gen.max_tokens, stop_ids=stop_ids,
+                            lora_request=_lora_request(gen.adapter))
         try:
-            beams = await beam_search(steps, width=plan.num_choices, max_tokens=plan.max_tokens, stop_ids=stop_ids,
-                                      length_penalty=req.length_penalty, early_stopping=req.early_stopping)
+            beams = await beam_search(steps, width=beam.width, max_tokens=gen.max_tokens, stop_ids=stop_ids,
+                                      length_penalty=beam.length_penalty, early_stopping=beam.early_stopping)
         finally:
             await steps.close()
-        skip_special = True if req.skip_special_tokens is None else req.skip_special_tokens
         choices = [
             outputs.ChoiceDelta(
                 index=i,
-                text=self.decode(b.tokens, skip_special_tokens=skip_special),
+                text=self.decode(b.tokens, skip_special_tokens=gen.skip_special_tokens),
                 token_ids=b.tokens,
                 logprobs=None
-                if plan.num_logprobs is None
-                else [_token_logprob(t, alts, self._tokenizer, plan.num_logprobs) for t, alts in zip(b.tokens, b.steps)],
+                if gen.logprobs is None
+                else [_token_logprob(t, alts, self._tokenizer, gen.logprobs) for t, alts in zip(b.tokens, b.steps)],
                 finish_reason=b.finish_reason,
                 cumulative_logprob=b.cum_logprob,
             )
-            for i, b in enumerate(beams[: req.n])
+            for i, b in enumerate(beams[: gen.n])
         ]
         return outputs.Step(
             choices, outputs.PromptInfo(prompt_ids), sum(len(c.token_ids) for c in choices), finished=True

@@ -22,7 +22,7 @@ class GuardEngine(LlamaEngine):
     @classmethod
     def start_guard(cls, options: EngineOptions) -> GuardEngine:
         # Its metrics would double vllm:* series of the main engine in this process's registry.
-        return cls.start(dataclasses.replace(options, extra={**options.extra, "disable_log_stats": True}))
+        return cls.start(dataclasses.replace(options, disable_log_stats=True))
 
     async def classify(self, turns: list[dict[str, str]]) -> str:
         """The guard's raw answer for alternating user/assistant `turns` (engine.guard_format.conversation)."""

@@ -29,7 +29,6 @@ class ChoiceDelta:
 @dataclass(slots=True)
 class PromptInfo:
     token_ids: list[int]
-    text: str | None = None
     # Logprobs of the prompt tokens; only when asked for with echo.
     logprobs: list[TokenLogprob] | None = None
 

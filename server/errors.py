@@ -18,6 +18,9 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from engine.errors import EngineFailure, InvalidGenerationRequest
+from server.validation import InvalidInput
+
 log = logging.getLogger("llamaserve.errors")
 
 _TYPES = {
@@ -60,6 +63,23 @@ class APIError(Exception):
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_parameter") -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+def from_invalid_input(exc: InvalidInput) -> APIError:
+    """The gate's refusals (server/validation.py)."""
+    return bad_request(exc.message, exc.param, exc.code)
+
+
+def engine_error(exc: Exception) -> APIError:
+    """The engine's failures (engine/errors.py): only a request it refuses as invalid is the caller's fault."""
+    if isinstance(exc, InvalidGenerationRequest):
+        return bad_request(exc.message, exc.param)
+    if isinstance(exc, EngineFailure):
+        if exc.busy:
+            return APIError(503, exc.message, code="engine_overloaded", headers={"Retry-After": "1"})
+        return APIError(500, exc.message, code="engine_error")
+    return APIError(503, str(exc) or "the engine is not available", code="engine_unavailable",
+                    headers={"Retry-After": "5"})
 
 
 def error_body(err: APIError) -> dict[str, Any]:
@@ -132,6 +152,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> Response:
         return error_response(exc)
+
+    @app.exception_handler(InvalidInput)
+    async def _invalid_input(_: Request, exc: InvalidInput) -> Response:
+        return error_response(from_invalid_input(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:

@@ -303,7 +303,7 @@ class _Budget(Protocol):
     def max_tokens(self) -> int: ...
 
     @property
-    def num_choices(self) -> int: ...
+    def candidates(self) -> int: ...
 
 
 class Admissible(Protocol):
@@ -331,7 +331,7 @@ class Cost:
     @classmethod
     def of(cls, job: Admissible) -> Cost:
         prompts = job.prompts
-        return cls(sum(len(p) for p in prompts), job.plan.max_tokens * job.plan.num_choices * len(prompts))
+        return cls(sum(len(p) for p in prompts), job.plan.max_tokens * job.plan.candidates * len(prompts))
 
 
 NO_TOKENS = Cost(0, 0)  # a request that takes a slot and a request from the rate limits, but no tokens

@@ -52,8 +52,8 @@ class ScriptedEngine(BaseScriptedEngine):
                 await asyncio.sleep(0)
                 self.tokens_made += 1
                 last = i == len(words) - 1
-                choices = [ChoiceDelta(c, word, [i], None, "stop" if last else None) for c in range(plan.request.n)]
-                yield Step(choices, prompt, (i + 1) * plan.request.n, last)
+                choices = [ChoiceDelta(c, word, [i], None, "stop" if last else None) for c in range(plan.n)]
+                yield Step(choices, prompt, (i + 1) * plan.n, last)
             done = True
         finally:
             if not done:
@@ -64,8 +64,8 @@ class ScriptedEngine(BaseScriptedEngine):
         words = self._words(prompt_ids, plan)
         self.tokens_made += len(words)
         text = "".join(words)
-        choices = [ChoiceDelta(c, text, list(range(len(words))), None, "stop") for c in range(plan.request.n)]
-        return Step(choices, PromptInfo(prompt_ids), len(words) * plan.request.n, True)
+        choices = [ChoiceDelta(c, text, list(range(len(words))), None, "stop") for c in range(plan.n)]
+        return Step(choices, PromptInfo(prompt_ids), len(words) * plan.n, True)
 
 
 class ScriptedGuard:

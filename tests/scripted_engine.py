@@ -13,7 +13,7 @@ import httpx
 
 from engine import outputs
 from engine.core import ModelInfo
-from engine.sampling import GenerationPlan
+from engine.request import GenerationInput
 from server.app import create_app
 from server.settings import Settings
 
@@ -39,7 +39,7 @@ class ScriptedEngine:
     async def decode_text(self, token_ids) -> str: return self.decode(token_ids)
     def check_token_ids(self, token_ids, param) -> None: ...
 
-    async def stream(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> AsyncIterator[outputs.Step]:
+    async def stream(self, prompt_ids: list[int], plan: GenerationInput, request_id: str) -> AsyncIterator[outputs.Step]:
         self.started.append(request_id)
         if self.fail_with is not None:
             raise self.fail_with
@@ -47,18 +47,18 @@ class ScriptedEngine:
             for i in range(plan.max_tokens):
                 await asyncio.sleep(self.step_s)
                 last = i == plan.max_tokens - 1
-                choices = [outputs.ChoiceDelta(c, "x", [120], None, "length" if last else None) for c in range(plan.num_choices)]
-                yield outputs.Step(choices, outputs.PromptInfo(prompt_ids), (i + 1) * plan.num_choices, last)
+                choices = [outputs.ChoiceDelta(c, "x", [120], None, "length" if last else None) for c in range(plan.candidates)]
+                yield outputs.Step(choices, outputs.PromptInfo(prompt_ids), (i + 1) * plan.candidates, last)
         except asyncio.CancelledError:
             self.aborted.append(request_id)
             raise
 
-    async def complete(self, prompt_ids: list[int], plan: GenerationPlan, request_id: str) -> outputs.Step:
+    async def complete(self, prompt_ids: list[int], plan: GenerationInput, request_id: str) -> outputs.Step:
         final = None
         async for final in self.stream(prompt_ids, plan, request_id):
             pass
         choices = [outputs.ChoiceDelta(c, "x" * plan.max_tokens, [120] * plan.max_tokens, None, "length")
-                   for c in range(plan.request.n)]
+                   for c in range(plan.n)]
         return outputs.Step(choices, outputs.PromptInfo(prompt_ids), final.completion_tokens, True)
 
 

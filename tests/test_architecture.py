@@ -145,3 +145,9 @@ def test_server_modules_import_each_other_without_a_cycle():
     graph = import_graph("server")
     cycles = import_cycles(graph)
     assert not cycles, "\n".join(f"{', '.join(c)} (e.g. {' -> '.join(one_cycle(graph, c))})" for c in cycles)
+
+
+def test_engine_owns_its_input():
+    """The engine reads its own input type (engine/request.py), never the API's models nor the server's."""
+    for f, names in imported_modules("engine").items():
+        assert not names & {"schemas", "server"}, f

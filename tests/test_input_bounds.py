@@ -11,11 +11,12 @@ import orjson
 import pytest
 
 from engine.errors import EngineFailure, EngineUnavailable
-from engine.sampling import GenerationPlan
-from server.generation import Job
+from schemas import CompletionRequest
 from server.limits import Admission, charged_tokens
 from server.deadlines import Ticket
 from server.errors import APIError
+from server.job import Job
+from tests.engine_inputs import engine_input
 from tests.probes import metric
 from tests.scripted_engine import InProcess, ScriptedEngine, settings
 
@@ -84,8 +85,9 @@ def test_the_sequence_cap_is_a_setting():
 
 
 def test_the_token_charge_counts_every_prompt_and_candidate():
-    plan = GenerationPlan(request=None, max_tokens=10, num_choices=3, num_logprobs=None)
-    job = Job("x", None, None, [[1, 2], [3, 4, 5], [6]], plan)
+    prompts = [[1, 2], [3, 4, 5], [6]]
+    req = CompletionRequest.model_validate({"prompt": prompts, "max_tokens": 10, "n": 3, "temperature": 1})
+    job = Job("x", req, None, prompts, engine_input(req, prompts))  # type: ignore[arg-type]
     assert charged_tokens(job) == 6 + 10 * 3 * 3
 
 

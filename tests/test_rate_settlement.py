@@ -7,14 +7,14 @@ import asyncio
 
 import pytest
 
-from engine.sampling import GenerationPlan
 from schemas import CompletionRequest
 from server import render
 from server.errors import APIError
-from server.generation import Job
+from server.job import Job
 from server.limits import Limits
 from server.exchange import Exchange
 from server.settings import Settings
+from tests.engine_inputs import engine_input
 
 TPM = 5000
 PROMPT = [1] * 10
@@ -22,8 +22,7 @@ PROMPT = [1] * 10
 
 def _job(max_tokens: int, n: int = 1, prompt: list[int] = PROMPT) -> Job:
     req = CompletionRequest.model_validate({"prompt": prompt, "max_tokens": max_tokens, "n": n, "temperature": 1})
-    plan = GenerationPlan(request=req, max_tokens=max_tokens, num_choices=n, num_logprobs=None)
-    return Job("cmpl-test", req, render.CompletionFlavor(), [prompt], plan)
+    return Job("cmpl-test", req, render.CompletionFlavor(), [prompt], engine_input(req, [prompt]))
 
 
 def _exchange(key: str = "key-a") -> Exchange:

@@ -24,8 +24,9 @@ ENGINE_VALUES = {
     "max_lora_rank": 8, "max_cpu_loras": 4,
 }
 LOCATION = {"model", "served_model_name", "model_cache_dir"}
-# What engine_options derives from other settings rather than copying one.
-DERIVED = {"model", "served_model_name", "max_logprobs", "enable_lora", "extra"}
+# What engine_options derives from other settings rather than copying one; disable_log_stats is the guard
+# engine's alone (server/safety/guards.py sets it).
+DERIVED = {"model", "served_model_name", "max_logprobs", "enable_lora", "disable_log_stats"}
 
 
 def _names(group: type) -> set[str]:

@@ -6,7 +6,7 @@ import pytest
 from xgrammar.testing import _is_grammar_accept_string as accepts
 
 from engine.errors import InvalidGenerationRequest
-from engine.sampling import llama_json_grammar
+from engine.grammar import llama_json_grammar
 from server.tools.schema import call_schema
 from schemas.tools import Tool
 

@@ -296,11 +296,11 @@ def test_prepare_gives_the_template_the_tools_and_split_history(clean_env):
     messages, given_tools = engine.calls[-1]
     assert given_tools == [WEATHER]
     assert [len(m.get("tool_calls", ())) for m in messages] == [0, 1, 1]
-    assert job.plan.output_grammar is None  # auto: the model is free
+    assert job.plan.structured_output is None  # auto: the model is free
     prepare(engine, tools=[WEATHER], tool_choice="none")
     assert engine.calls[-1][1] is None  # none: the model is not shown the tools
     forced = prepare(engine, tools=[WEATHER], tool_choice="required")
-    assert "get_weather" in forced.plan.output_grammar
+    assert "get_weather" in forced.plan.structured_output.grammar
 
 
 class ScriptedEngine(RecordingEngine):
@@ -315,14 +315,14 @@ class ScriptedEngine(RecordingEngine):
 
         for i, piece in enumerate(self.pieces):
             last = i == len(self.pieces) - 1
-            choices = [ChoiceDelta(k, piece, [i], None, "stop" if last else None) for k in range(plan.request.n)]
-            yield Step(choices, PromptInfo(prompt_ids), (i + 1) * plan.request.n, last)
+            choices = [ChoiceDelta(k, piece, [i], None, "stop" if last else None) for k in range(plan.n)]
+            yield Step(choices, PromptInfo(prompt_ids), (i + 1) * plan.n, last)
 
 
 def frames(engine, **fields) -> list[dict]:
     import asyncio
 
-    from server.generation import _frames
+    from server.respond import _frames
 
     job = prepare(engine, stream=True, **fields)
 

@@ -14,8 +14,8 @@ from schemas.adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from server import adapters
 from server.adapter_settings import check_name
 from server.errors import bad_request
-from server.generation import parse_body
 from server.exchange import exchange_of
+from server.parse import parse_body
 from server.routes.docs import body_doc
 from server.state import state_of
 

@@ -16,7 +16,8 @@ from starlette.responses import Response
 from engine.core import LlamaEngine
 from engine.errors import EngineError
 from schemas import ChatCompletionRequest, CompletionRequest
-from server import adapters, generation, sse
+from server import adapters, generation, parse, respond, sse
+from server.errors import engine_error
 from server.exchange import Exchange, exchange_of
 from server.routes.docs import body_doc
 from server.state import ServerState, state_of
@@ -26,7 +27,7 @@ router = APIRouter(tags=["generation"])
 
 async def _serve(request: Request, model: type, prepare: Any) -> Response:
     state = state_of(request)
-    req = generation.parse_request(await request.body(), model, request.headers.get("extra-parameters"), state.settings)
+    req = parse.parse_request(await request.body(), model, request.headers.get("extra-parameters"), state.settings)
     engine = state.ready_engine()
     exchange = exchange_of(request)
     adapters.check_access(state.settings, exchange.key_id, req.model, engine)
@@ -38,10 +39,10 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
             job.moderation = state.moderator.for_request(job.request, job.total_choices, engine, exchange.key_id)
         # A streamed reply's frames pass through the ticket, which ends the event stream at the deadline.
         options = sse.event_stream_options(state.settings.protection.shutdown_grace_s)
-        reply = generation.respond(job, engine, request, ticket.stream, **options)
+        reply = respond.respond(job, engine, request, ticket.stream, **options)
         return await ticket.within(reply)
     except EngineError as exc:
-        raise generation.engine_error(exc) from exc
+        raise engine_error(exc) from exc
 
 
 def _trace(state: ServerState, exchange: Exchange, job: generation.Job, engine: LlamaEngine) -> None:

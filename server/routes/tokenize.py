@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from engine.errors import InvalidGenerationRequest
+from engine.errors import EngineError
 from schemas.chat import template_messages
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
 from server import adapters
-from server.errors import bad_request
+from server.errors import engine_error
 from server.exchange import exchange_of
-from server.generation import check_model, check_prompt_chars, parse_body
+from server.generation import check_model
 from server.limits import NO_TOKENS
+from server.parse import parse_body
 from server.routes.docs import body_doc
 from server.state import ServerState, state_of
+from server.validation import check_prompt_chars
 
 router = APIRouter(tags=["tokenizer"])
 
@@ -45,8 +47,8 @@ async def tokenize(request: Request) -> dict:
             check_prompt_chars(len(body.prompt or ""), state.settings, "prompt")
             await _admit(state, request)
             tokens = await engine.encode_text(body.prompt or "", add_special_tokens=body.add_special_tokens)
-    except InvalidGenerationRequest as exc:
-        raise bad_request(exc.message, exc.param) from exc
+    except EngineError as exc:
+        raise engine_error(exc) from exc
     return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.info.max_model_len}
 
 
@@ -60,7 +62,7 @@ async def detokenize(request: Request) -> dict:
     check_model(body.model, engine)
     try:
         engine.check_token_ids(body.tokens, "tokens")
-    except InvalidGenerationRequest as exc:
-        raise bad_request(exc.message, exc.param) from exc
+    except EngineError as exc:
+        raise engine_error(exc) from exc
     await _admit(state, request)
     return {"prompt": await engine.decode_text(body.tokens)}
