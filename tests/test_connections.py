@@ -86,26 +86,31 @@ def test_half_a_body_gets_408_at_the_body_timeout(guarded):
     print(f"body timeout {BODY_S} s: 408 after {closed - started:.2f} s")
 
 
+def _read_while_dripping(sock: socket.socket, byte: bytes) -> tuple[bytes, float]:
+    """Reads to EOF while another thread sends `byte` every 0.2 s, as a slow client's body would arrive."""
+    stop = threading.Event()
+
+    def drip() -> None:
+        while not stop.wait(0.2):
+            try:
+                sock.sendall(byte)
+            except OSError:
+                return
+
+    dripper = threading.Thread(target=drip)
+    dripper.start()
+    try:
+        return _read_to_eof(sock)
+    finally:
+        stop.set()
+        dripper.join()
+
+
 def test_a_dripped_body_gets_the_same_deadline_not_one_per_chunk(guarded):
     with _connect(guarded) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
         started = time.monotonic()
-        stop = threading.Event()
-
-        def drip() -> None:
-            while not stop.wait(0.2):
-                try:
-                    sock.sendall(b" ")
-                except OSError:
-                    return
-
-        dripper = threading.Thread(target=drip)
-        dripper.start()
-        try:
-            data, closed = _read_to_eof(sock)
-        finally:
-            stop.set()
-            dripper.join()
+        data, closed = _read_while_dripping(sock, b" ")
     assert _status(data) == 408, data
     assert closed - started <= BODY_S + 5
 
@@ -115,22 +120,7 @@ def test_an_answer_before_the_body_ends_the_connection_even_if_the_client_keeps_
         # /health reads no body: it answers at once, and the rest of the body must not keep the socket.
         sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n" + b"x" * 10)
         started = time.monotonic()
-        stop = threading.Event()
-
-        def drip() -> None:
-            while not stop.wait(0.2):
-                try:
-                    sock.sendall(b"x")
-                except OSError:
-                    return
-
-        dripper = threading.Thread(target=drip)
-        dripper.start()
-        try:
-            data, closed = _read_to_eof(sock)
-        finally:
-            stop.set()
-            dripper.join()
+        data, closed = _read_while_dripping(sock, b"x")
     assert _status(data) == 200, data
     assert closed - started <= LINGER_S + 4
 
