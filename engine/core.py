@@ -22,9 +22,11 @@ from vllm.exceptions import VLLMError
 from vllm.inputs.engine import tokens_input
 from vllm.lora.request import LoRARequest
 from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.executor import Executor
 
-from engine import adapters, best_of, lifeline, outputs
+from engine import adapters, best_of, lifeline, outputs, processes
 from engine.beam_search import beam_search
 from engine.beam_steps import EngineSteps
 from engine.chat_encoding import ChatEncoder
@@ -70,6 +72,7 @@ class EngineOptions:
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
     disable_log_stats: bool = False  # the guard engine: its vllm:* series would double the main engine's
+    process_start_method: processes.StartMethod = "auto"  # how EngineCore and its workers start (engine/processes.py)
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,13 @@ class LlamaEngine:
             disable_log_stats=options.disable_log_stats,
         )
         lifeline.install()  # engine processes die with this one, however it ends
-        llm = AsyncLLM.from_engine_args(args)
+        # AsyncLLM.from_engine_args, split so the start method is set after the config (which resets it on CPU).
+        vllm_config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+        method = processes.apply(options.process_start_method)
+        log.info("engine processes start by %s", method)
+        llm = AsyncLLM(vllm_config=vllm_config, executor_class=Executor.get_class(vllm_config),
+                       log_requests=args.enable_log_requests, log_stats=not args.disable_log_stats,
+                       usage_context=UsageContext.ENGINE_CONTEXT)
         chat_template = Path(options.chat_template).read_text() if options.chat_template else None
         tokenizer = llm.get_tokenizer()
         model_config = llm.model_config

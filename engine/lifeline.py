@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any
 
+from engine import processes
+
 _TARGETS = (
     ("vllm.v1.engine.core", "EngineCoreProc", "run_engine_core"),
     ("vllm.v1.executor.multiproc_executor", "WorkerProc", "worker_main"),
@@ -51,6 +53,7 @@ def run_guarded(module: str, cls_name: str, attr: str, *args: Any, **kwargs: Any
     target = getattr(cls, _UNGUARDED + attr, None) or getattr(cls, attr)
     die_with_parent()
     if cls_name == "EngineCoreProc":
+        processes.forget_inherited_sockets()  # a forked EngineCore holds the API process's port otherwise
         install()  # so that the workers this EngineCore starts die with it
     return target(*args, **kwargs)
 

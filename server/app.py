@@ -58,6 +58,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         distributed_executor_backend=e.distributed_executor_backend,
         cpu_kvcache_space_gib=e.cpu_kvcache_space_gib,
         seed=e.seed,
+        process_start_method=e.process_start_method,
         # Beam search asks for 2 x width alternatives per step.
         max_logprobs=max(settings.max_logprobs, 2 * settings.max_best_of),
         enable_lora=lora_enabled(settings),

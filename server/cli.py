@@ -45,11 +45,13 @@ def _metavar(annotation: typing.Any) -> str:
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    from engine.processes import single_threaded_torch
     from server.app import create_app
     from server.connections import guarded_protocol
     from server.observability import configure_logging
     from server.state import state_of
 
+    single_threaded_torch()  # before the tiny model's build: keeps forking the engine's processes safe
     configure_logging(settings.log_level)
     app = create_app(settings)
     state = state_of(app)

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
         None, gt=0, description="KV cache size on CPU-only hosts (VLLM_CPU_KVCACHE_SPACE)"
     )
     seed: int = Field(0, description="engine seed")
+    process_start_method: Literal["auto", "fork", "spawn"] = Field(
+        "auto", description="how the engine's processes start; auto: fork on CPU hosts (engine/processes.py), "
+        "else vLLM's choice",
+    )
 
     # --- API limits
     max_n: int = Field(16, ge=1, description="largest n accepted")
@@ -302,6 +306,7 @@ class EngineSettings:
     distributed_executor_backend: str | None
     cpu_kvcache_space_gib: int | None
     seed: int
+    process_start_method: str
     max_loras: int
     max_lora_rank: int
     max_cpu_loras: int | None

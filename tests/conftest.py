@@ -15,6 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+# The test process starts in-process engines: torch on one thread keeps forking their processes safe
+# (engine/processes.py). Read by OpenMP when torch loads, so it must be set before any test imports torch; the
+# servers the tests start do not inherit it (they set their own, as `llamaserve serve` does).
+_OMP_SET_HERE = "OMP_NUM_THREADS" not in os.environ
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(os.environ.get("LLAMASERVE_TEST_CACHE", ROOT / ".cache"))
 READY_TIMEOUT_S = 300
@@ -79,6 +85,13 @@ def group_members(pgid: int) -> list[int]:
     return found
 
 
+def _caller_env() -> dict[str, str]:
+    env = dict(os.environ)
+    if _OMP_SET_HERE:
+        env.pop("OMP_NUM_THREADS", None)
+    return env
+
+
 class ServerProcess:
     """A `llamaserve serve` child process on a loopback port, in its own session: `stop()` ends the whole group
     (API process, EngineCore, workers), and the session's end kills any group a test left behind."""
@@ -95,7 +108,7 @@ class ServerProcess:
             command or [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                         *consent, *(args or [])],
             cwd=ROOT,
-            env={**os.environ, "LLAMASERVE_MODEL_CACHE_DIR": str(CACHE_DIR), **(env or {})},
+            env={**_caller_env(), "LLAMASERVE_MODEL_CACHE_DIR": str(CACHE_DIR), **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_the_test_run,

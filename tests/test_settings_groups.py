@@ -21,7 +21,7 @@ ENGINE_VALUES = {
     "gpu_memory_utilization": 0.5, "quantization": "fp8", "kv_cache_dtype": "fp8", "max_num_seqs": 3,
     "trust_remote_code": True, "chat_template": "/templates/chat.jinja", "enforce_eager": True,
     "distributed_executor_backend": "ray", "cpu_kvcache_space_gib": 3, "seed": 7, "max_loras": 2,
-    "max_lora_rank": 8, "max_cpu_loras": 4,
+    "max_lora_rank": 8, "max_cpu_loras": 4, "process_start_method": "spawn",
 }
 LOCATION = {"model", "served_model_name", "model_cache_dir"}
 # What engine_options derives from other settings rather than copying one; disable_log_stats is the guard
