@@ -21,16 +21,17 @@ _EXPIRED = {
 }
 
 
-# How long a stream may sit in one send past its deadline before it is abandoned: a client that stops reading
-# would otherwise hold its slot for as long as it keeps the connection open.
+# How long a stream may sit in one send past its deadline before it is abandoned (setting stalled_send_grace_s): a
+# client that stops reading would otherwise hold its slot for as long as it keeps the connection open.
 STALLED_SEND_GRACE_S = 5.0
 
 
 class Ticket:
     """One admitted generation request: its deadline, and the way to end it early."""
 
-    def __init__(self, deadline: float, timeout_s: float):
+    def __init__(self, deadline: float, timeout_s: float, stalled_send_grace_s: float = STALLED_SEND_GRACE_S):
         self.deadline = deadline
+        self._grace_s = stalled_send_grace_s
         self.reason = "timeout"
         self._timeout_s = timeout_s
         self._timeout: asyncio.Timeout | None = None
@@ -80,7 +81,7 @@ class Ticket:
             self._cut = True
             self._stream_task.cancel()
         if self._stream_task is not None and self._abandon_timer is None:
-            self._abandon_timer = asyncio.get_running_loop().call_later(STALLED_SEND_GRACE_S, self._abandon)
+            self._abandon_timer = asyncio.get_running_loop().call_later(self._grace_s, self._abandon)
 
     def _abandon(self) -> None:
         """The stream outlived its deadline by the grace period: its sends are stuck on a client that does not
@@ -88,7 +89,7 @@ class Ticket:
         closes the connection), which frees the slot and, as the frame generators close, the engine request."""
         self._abandon_timer = None
         if self._stream_task is not None:
-            log.warning("a stream's client stopped reading; ended %g s after its deadline", STALLED_SEND_GRACE_S)
+            log.warning("a stream's client stopped reading; ended %g s after its deadline", self._grace_s)
             self._stream_task.cancel()
 
     async def stream(self, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -342,6 +342,7 @@ class Limits:
 
     def __init__(self, protection: Protection):
         self.request_timeout_s = protection.request_timeout_s
+        self.stalled_send_grace_s = protection.stalled_send_grace_s
         self.rates = RateLimiter(protection.rate_limit_rpm, protection.rate_limit_tpm)
         self.admission = Admission(protection.max_concurrent_requests, protection.max_queued_requests)
         self.tickets: set[Ticket] = set()
@@ -354,7 +355,8 @@ class Limits:
         exchange ends (after a stream's last frame), whatever way it ends."""
         loop = asyncio.get_running_loop()
         timeout_s = self.request_timeout_s
-        ticket = Ticket(loop.time() + timeout_s - (time.perf_counter() - exchange.started), timeout_s)
+        ticket = Ticket(loop.time() + timeout_s - (time.perf_counter() - exchange.started), timeout_s,
+                        self.stalled_send_grace_s)
         identity = exchange.key_id or f"addr:{exchange.client}"
         if self.rates:
             try:

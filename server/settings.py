@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(256, ge=1, description="generation requests in flight at once")
     max_queued_requests: int = Field(256, ge=0, description="waiting beyond that before 429")
     request_timeout_s: float = Field(600, gt=0)
+    stalled_send_grace_s: float = Field(
+        5, gt=0, description="how long a stream past its deadline may wait on a client that stopped reading",
+    )
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0)
     shutdown_grace_s: float = Field(30, ge=0, description="drain time for in-flight requests on SIGTERM")
     log_prompts: bool = Field(False, description="include prompt and output text in access logs")
@@ -342,6 +345,7 @@ class Protection:
     max_concurrent_requests: int
     max_queued_requests: int
     request_timeout_s: float
+    stalled_send_grace_s: float
     # the drain (server/lifecycle.py, server/sse.py)
     shutdown_grace_s: float
     # whether /metrics needs a key (server/security.py)

@@ -14,13 +14,13 @@ import orjson
 import pytest
 
 from server.connections import LINGER_S
-from server.deadlines import STALLED_SEND_GRACE_S
 from tests.conftest import ServerProcess
 from tests.launches import WITH_THE_SHARED_SERVER, planned, take
 from tests.probes import access_lines, metric, wait_until
 
 HEADER_S, BODY_S, CAP, RPM = 2.0, 2.0, 8, 3
 PATIENT_TIMEOUT_S = 12
+STALLED_SEND_GRACE_S = 2.5  # the guarded server's (the default is 5)
 PATIENT_CLIENT = "127.0.0.3"
 PROXY = "127.0.0.2"  # loopback too: a client socket bound to it is a "proxy" the server trusts
 COMPLETION = {"prompt": "hi", "max_tokens": 1}
@@ -31,7 +31,7 @@ def _launch_guarded(tiny_model, tmp_path_factory) -> ServerProcess:
     return ServerProcess([
         "--header-timeout-s", str(HEADER_S), "--body-timeout-s", str(BODY_S), "--max-connections", str(CAP),
         "--trusted-proxies", PROXY, "--rate-limit-rpm", str(RPM), "--rate-limit-tpm", "0",
-        "--request-timeout-s", str(PATIENT_TIMEOUT_S),
+        "--request-timeout-s", str(PATIENT_TIMEOUT_S), "--stalled-send-grace-s", str(STALLED_SEND_GRACE_S),
     ])
 
 
@@ -202,10 +202,12 @@ def test_a_client_that_stops_reading_loses_its_slot_after_the_deadline_and_grace
         started = time.monotonic()
         assert wait_until(lambda: in_flight() == 1, 10)
         # Never read: the stalled sends keep the stream from ending at its deadline...
-        time.sleep(max(0.0, started + PATIENT_TIMEOUT_S + 1.5 - time.monotonic()))
+        time.sleep(max(0.0, started + PATIENT_TIMEOUT_S + 1.0 - time.monotonic()))
         assert in_flight() == 1
         # ...but the grace after it ends it, while the connection is still open.
-        assert wait_until(lambda: in_flight() == 0, STALLED_SEND_GRACE_S + 5)
-        assert time.monotonic() - started >= PATIENT_TIMEOUT_S + STALLED_SEND_GRACE_S - 0.5
+        assert wait_until(lambda: in_flight() == 0, STALLED_SEND_GRACE_S + 5, 0.05)
+        # The server's grace (the default of 5 s would end it later).
+        assert PATIENT_TIMEOUT_S + STALLED_SEND_GRACE_S - 0.5 <= time.monotonic() - started
+        assert time.monotonic() - started < PATIENT_TIMEOUT_S + STALLED_SEND_GRACE_S + 2
         assert wait_until(lambda: metric(_metrics(patient), "llamaserve_engine_requests_in_flight") == 0, 10)
     assert "client stopped reading" in patient.log_tail(10**6)

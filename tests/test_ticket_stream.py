@@ -43,8 +43,8 @@ async def _collect(ticket: Ticket, source: Source, per_frame_s: float = 0.0) -> 
     return out
 
 
-def _ticket(in_s: float) -> Ticket:
-    return Ticket(asyncio.get_running_loop().time() + in_s, in_s)
+def _ticket(in_s: float, grace_s: float = 5.0) -> Ticket:
+    return Ticket(asyncio.get_running_loop().time() + in_s, in_s, grace_s)
 
 
 def _error(frame: bytes) -> dict:
@@ -122,12 +122,10 @@ def test_no_timer_outlives_the_stream():
     _run(main())
 
 
-def test_a_stream_stuck_in_a_send_past_its_deadline_is_abandoned_after_the_grace(monkeypatch):
-    monkeypatch.setattr("server.deadlines.STALLED_SEND_GRACE_S", 0.2)
-
+def test_a_stream_stuck_in_a_send_past_its_deadline_is_abandoned_after_the_grace():
     async def main():
         src = Source([0, 0, 0])
-        ticket = _ticket(0.1)
+        ticket = _ticket(0.1, grace_s=0.2)
 
         async def consume():
             async for _ in ticket.stream(src.frames()):
@@ -143,12 +141,10 @@ def test_a_stream_stuck_in_a_send_past_its_deadline_is_abandoned_after_the_grace
     _run(main())
 
 
-def test_a_stream_that_ends_in_time_after_its_deadline_is_not_abandoned(monkeypatch):
-    monkeypatch.setattr("server.deadlines.STALLED_SEND_GRACE_S", 0.3)
-
+def test_a_stream_that_ends_in_time_after_its_deadline_is_not_abandoned():
     async def main():
         src = Source([0, 10])
-        ticket = _ticket(0.1)
+        ticket = _ticket(0.1, grace_s=0.3)
         frames = await _collect(ticket, src)
         assert frames[-1] == b"data: [DONE]\n\n"
         assert ticket._abandon_timer is None and ticket._stream_task is None
