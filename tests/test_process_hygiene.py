@@ -14,6 +14,7 @@ import time
 
 import psutil
 
+from tests import conftest, launches
 from tests.conftest import ROOT, ServerProcess, _LIVE_GROUPS, group_members, pytest_sessionfinish
 from tests.probes import wait_until
 
@@ -125,9 +126,12 @@ def test_stop_after_sigterm_kills_what_ignores_it():
     assert group_members(srv.pgid) == []
 
 
-def test_the_session_end_kills_every_group_a_test_left_behind():
+def test_the_session_end_kills_every_group_a_test_left_behind(monkeypatch):
     srv = ServerProcess(command=_STUBBORN)
     assert _members_appear(srv)
+    # Only this test's group: the session's servers launched ahead for later modules (tests/launches.py) live on.
+    monkeypatch.setattr(conftest, "_LIVE_GROUPS", {srv.pgid})
+    monkeypatch.setattr(launches, "_LAUNCHED", {})
     pytest_sessionfinish(None, None)  # what pytest (or atexit) runs when the session ends, however it ends
     assert group_members(srv.pgid) == []
     srv.proc.wait(10)
