@@ -38,9 +38,16 @@ JSON_SCHEMA = {
 }
 
 
+# Tool calling: one function; tool_choice "required" makes both servers constrain the output to a call of it.
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24}},
+                   "required": ["city"], "additionalProperties": False}}}
+
+
 def body(plan: dict[str, Any], api: str, stream: bool, sc: dict[str, Any] | None = None,
          prompt: str | None = None) -> bytes:
-    """One request body; the scenario's kind (plain, beam, best_of, json) decides what is asked for."""
+    """One request body; the scenario's kind (plain, beam, best_of, json, tools) decides what is asked for."""
     sc = sc or {}
     kind = sc.get("kind", "plain")
     payload: dict[str, Any] = {
@@ -58,6 +65,8 @@ def body(plan: dict[str, Any], api: str, stream: bool, sc: dict[str, Any] | None
     elif kind == "json":  # the grammar ends the output, so no ignore_eos
         payload.update(temperature=0.0, ignore_eos=False,
                        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": JSON_SCHEMA}})
+    elif kind == "tools":  # the grammar ends the call, so no ignore_eos
+        payload.update(temperature=0.0, ignore_eos=False, tools=[WEATHER_TOOL], tool_choice="required")
     if stream:
         payload["stream_options"] = {"include_usage": True}
     text = prompt or plan["prompt"]

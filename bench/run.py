@@ -44,7 +44,7 @@ PROMPTS = [f"{PROMPT} Request {i}: the {topic}." for i, topic in enumerate(
 BEAM_WIDTHS = [2, 4, 8]
 BEAM_TOKENS = 32
 BEST_OF_K = 4
-GROUPS = ("plain", "beam", "best_of", "json")
+GROUPS = ("plain", "beam", "best_of", "json", "tools")
 CONCURRENCY = [1, 8, 32, 128]
 # Open-loop arrival rates (requests/s) per concurrency cap: the same load for both servers, below their capacity.
 OPEN_RATES = {1: 2.0, 8: 10.0, 32: 20.0, 128: 30.0}
@@ -73,6 +73,10 @@ def scenarios(quick: bool, apis: list[str], groups: tuple[str, ...] = GROUPS) ->
     if "json" in groups:
         for c in (1, 8):
             out.append({**fixed, "kind": "json", "api": "chat", "concurrency": c, "max_tokens": 128,
+                        "requests": 8 * c})
+    if "tools" in groups:  # tool_choice "required": both servers constrain the output to a call of the tool
+        for c in (1, 8):
+            out.append({**fixed, "kind": "tools", "api": "chat", "concurrency": c, "max_tokens": 128,
                         "requests": 8 * c})
     return out
 

@@ -85,7 +85,7 @@ def summarize(records: list[dict[str, Any]], *, wall_s: float, server_cpu_s: flo
 
 
 def scenario_key(s: dict[str, Any]) -> str:
-    """e.g. `chat stream closed c32`, `beam w4 c1`, `best_of=4 n=1 c4`, `json_schema chat c4`."""
+    """e.g. `chat stream closed c32`, `beam w4 c1`, `best_of=4 n=1 c4`, `json_schema chat c4`, `tool_call chat c8`."""
     kind = s.get("kind", "plain")
     if kind == "beam":
         return f"beam w{s['width']} c{s['concurrency']}"
@@ -94,6 +94,8 @@ def scenario_key(s: dict[str, Any]) -> str:
         return f"{head} c{s['concurrency']}"
     if kind == "json":
         return f"json_schema {s['api']} c{s['concurrency']}"
+    if kind == "tools":
+        return f"tool_call {s['api']} c{s['concurrency']}"
     return f"{s['api']} {'stream' if s['stream'] else 'full'} {s['loop']} c{s['concurrency']}"
 
 

@@ -13,8 +13,9 @@ def summary(req_s: float, tokens: int = 100, ok: int = 10) -> dict:
 
 def test_scenarios_ask_for_what_they_measure():
     plan = {"model": "m", "max_tokens": 64, "prompt": "p", "prompts": ["a", "b"]}
-    by_key = {stats.scenario_key(sc): sc for sc in run.scenarios(True, ["completions"], ("beam", "best_of", "json"))}
-    assert {"beam w2 c1", "beam w8 c4", "n=4 c4", "best_of=4 n=1 c4", "json_schema chat c8"} <= set(by_key)
+    by_key = {stats.scenario_key(sc): sc for sc in run.scenarios(True, ["completions"], ("beam", "best_of", "json", "tools"))}
+    assert {"beam w2 c1", "beam w8 c4", "n=4 c4", "best_of=4 n=1 c4", "json_schema chat c8",
+            "tool_call chat c8"} <= set(by_key)
 
     beam = [orjson.loads(b) for b in loadgen.bodies(plan, by_key["beam w4 c4"])]
     assert [b["prompt"] for b in beam] == ["a", "b"]  # distinct prompts, in turn
@@ -28,6 +29,10 @@ def test_scenarios_ask_for_what_they_measure():
 
     js = orjson.loads(loadgen.bodies(plan, by_key["json_schema chat c1"])[0])
     assert js["response_format"]["type"] == "json_schema" and not js["ignore_eos"] and "messages" in js
+
+    call = orjson.loads(loadgen.bodies(plan, by_key["tool_call chat c1"])[0])
+    assert call["tool_choice"] == "required" and call["tools"][0]["function"]["name"] == "get_weather"
+    assert not call["ignore_eos"] and call["temperature"] == 0.0 and "messages" in call
 
 
 def test_beam_targets_need_twice_vllms_requests_per_second():
