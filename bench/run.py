@@ -156,7 +156,9 @@ def vllm_server(model_dir: Path, log_dir: Path) -> Server:
     argv = [PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
             "--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
             "--enforce-eager", "--dtype", "bfloat16", "--max-model-len", str(MAX_MODEL_LEN),
-            "--seed", "0", "--max-logprobs", "32", "--generation-config", "vllm"]
+            "--seed", "0", "--max-logprobs", "32", "--generation-config", "vllm",
+            # Its tool_choice "required" and "auto" need a parser (llamaserve picks llama3_json from the template).
+            "--tool-call-parser", "llama3_json", "--enable-auto-tool-choice"]
     return Server("vllm", argv, {"VLLM_CPU_KVCACHE_SPACE": "1"}, port, log_dir)
 
 

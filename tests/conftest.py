@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import signal
 import socket
@@ -85,10 +86,17 @@ def group_members(pgid: int) -> list[int]:
     return found
 
 
+# vLLM's CPU worker binds its OpenMP threads to the cores it picks, the same ones for every server ("auto": here
+# core 0, the other one kept for the API process). Servers that start or run together would all compute on that
+# one core; each server gets the next core in turn instead, unless the caller chose.
+_NEXT_CORE = itertools.cycle(range(os.cpu_count() or 1))
+
+
 def _caller_env() -> dict[str, str]:
     env = dict(os.environ)
     if _OMP_SET_HERE:
         env.pop("OMP_NUM_THREADS", None)
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(next(_NEXT_CORE)))
     return env
 
 
