@@ -7,9 +7,9 @@ copies the parent with everything imported: on the tiny model the engine then st
 Fork has one hazard here: a process whose torch ran an OpenMP parallel region on more than one thread leaves
 OpenMP's thread pool behind, and a forked child that uses OpenMP (the worker) then hangs for good. The processes
 that start engines never need torch's intra-op threads (they run no model; building the tiny checkpoints is a few
-small tensors), so `single_threaded_torch()` keeps them at one, and "auto" forks only while that holds. A process
-that started from anywhere else, or set more threads, gets vLLM's own choice. On GPU platforms "auto" leaves vLLM's
-choice alone (it forks unless CUDA is already initialised).
+small tensors), so on CPU hosts `single_threaded_torch()` keeps them at one, and "auto" forks only while that
+holds; a process that started from anywhere else, or set more threads, gets vLLM's own choice. On GPU platforms
+"auto" leaves vLLM's choice alone (it forks unless CUDA is already initialised).
 
 A forked EngineCore inherits every descriptor of the API process, the HTTP listening socket and client connections
 among them: the port would stay bound, and accept connections nobody answers, after the API process closed it.
@@ -28,11 +28,14 @@ _ENV = "VLLM_WORKER_MULTIPROC_METHOD"  # read by vLLM each time it starts an eng
 
 
 def single_threaded_torch() -> None:
-    """For a process that will start engines: torch computes on one thread here, so forking stays safe. Call it
-    before anything in the process computes with torch."""
+    """For a process that will start engines on a CPU host: torch computes on one thread here, so forking stays
+    safe. Call it before anything in the process computes with torch. GPU hosts keep torch's threads (vLLM's API
+    process may preprocess images with them) and vLLM's own start method."""
     import torch
+    from vllm.platforms import current_platform
 
-    torch.set_num_threads(1)
+    if current_platform.is_cpu():
+        torch.set_num_threads(1)
 
 
 def resolve(requested: StartMethod, *, is_cpu: bool, torch_threads: int) -> str | None:
