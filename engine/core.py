@@ -136,7 +136,7 @@ class LlamaEngine:
         # AsyncLLM.from_engine_args, split so the start method is set after the config (which resets it on CPU).
         vllm_config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
         method = processes.apply(options.process_start_method)
-        log.info("engine processes start by %s", method)
+        log.info("engine processes start by %s", method or "vLLM's choice")
         llm = AsyncLLM(vllm_config=vllm_config, executor_class=Executor.get_class(vllm_config),
                        log_requests=args.enable_log_requests, log_stats=not args.disable_log_stats,
                        usage_context=UsageContext.ENGINE_CONTEXT)

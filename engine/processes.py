@@ -45,16 +45,16 @@ def resolve(requested: StartMethod, *, is_cpu: bool, torch_threads: int) -> str 
     return "fork" if is_cpu and torch_threads == 1 else None
 
 
-def apply(requested: StartMethod) -> str:
+def apply(requested: StartMethod) -> str | None:
     """Puts the start method in force for the engine about to start (after vLLM's config is made: the CPU
-    platform sets spawn while making it). Returns the method the engine will use."""
+    platform sets spawn while making it). Returns it, or None where vLLM chooses."""
     import torch
     from vllm.platforms import current_platform
 
     method = resolve(requested, is_cpu=current_platform.is_cpu(), torch_threads=torch.get_num_threads())
     if method is not None:
         os.environ[_ENV] = method
-    return os.environ.get(_ENV, "fork")
+    return method
 
 
 def forget_inherited_sockets() -> None:
@@ -68,10 +68,7 @@ def forget_inherited_sockets() -> None:
             probe = socket.socket(fileno=fd)
         except OSError:
             continue
-        try:
-            if probe.family in (socket.AF_INET, socket.AF_INET6):
-                probe.close()
-                continue
-        except OSError:
-            pass
-        probe.detach()
+        if probe.family in (socket.AF_INET, socket.AF_INET6):
+            probe.close()
+        else:
+            probe.detach()

@@ -21,16 +21,13 @@ _EXPIRED = {
 }
 
 
-# How long a stream may sit in one send past its deadline before it is abandoned (setting stalled_send_grace_s): a
-# client that stops reading would otherwise hold its slot for as long as it keeps the connection open.
-STALLED_SEND_GRACE_S = 5.0
-
-
 class Ticket:
     """One admitted generation request: its deadline, and the way to end it early."""
 
-    def __init__(self, deadline: float, timeout_s: float, stalled_send_grace_s: float = STALLED_SEND_GRACE_S):
+    def __init__(self, deadline: float, timeout_s: float, stalled_send_grace_s: float):
         self.deadline = deadline
+        # How long the stream may sit in one send past its deadline before it is abandoned: a client that stops
+        # reading would otherwise hold its slot for as long as it keeps the connection open.
         self._grace_s = stalled_send_grace_s
         self.reason = "timeout"
         self._timeout_s = timeout_s

@@ -201,7 +201,7 @@ def test_a_waiter_that_times_out_as_its_slot_is_released_gets_a_clean_504():
         admission = Admission(limit=1, queue_limit=4)
         await admission.acquire()  # the one slot is taken
         loop = asyncio.get_running_loop()
-        ticket = Ticket(loop.time() + 60, 60)
+        ticket = Ticket(loop.time() + 60, 60, 5.0)
         waiter = asyncio.create_task(ticket.within(admission.acquire()))
         await asyncio.sleep(0)
         fut = admission._waiters[0]
