@@ -1,5 +1,6 @@
 """No process outlives what started it: engine processes die with their parent (engine/lifeline.py), and the test
-suite's servers die with their group and with the test run (tests/conftest.py). No engine is started here."""
+suite's servers die with their group and with the test run (tests/conftest.py). No engine is started here
+(one test looks at the shared server's registration)."""
 
 from __future__ import annotations
 
@@ -158,3 +159,9 @@ def test_servers_die_when_the_test_run_is_killed(tmp_path):
         assert wait_until(lambda: not _alive(pgid), 3, 0.05)
     finally:
         os.killpg(pgid, signal.SIGKILL)  # the stand-in's unguarded grandchild
+
+
+def test_the_session_end_knows_the_shared_server_and_the_modules_servers_alike(server):
+    # pytest's own `conftest` and the test modules' `tests.conftest` are one module: one registry of live groups.
+    assert sys.modules["conftest"] is conftest
+    assert server.pgid in conftest._LIVE_GROUPS
