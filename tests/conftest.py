@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -105,9 +106,50 @@ def _caller_env() -> dict[str, str]:
     return env
 
 
+# Variables that a library reads only while it is imported: a server given one of them must be a fresh process,
+# not a fork of the preloaded helper (tests/preloaded.py), which imported those libraries under the run's own.
+_READ_AT_IMPORT = ("HF_", "TRANSFORMERS_", "TORCH", "OMP_", "MKL_", "VLLM_CONFIGURE_LOGGING", "VLLM_LOGGING",
+                   "PYTHON", "LD_")
+
+
+class _Preloaded:
+    """The one preloaded helper of this run, started by the first server that can be forked."""
+
+    def __init__(self):
+        self.helper = None
+
+    def usable(self, overrides: dict[str, str]) -> bool:
+        return (os.environ.get("LLAMASERVE_TEST_PRELOAD", "1") != "0" and sys.platform == "linux"
+                # PR_SET_PDEATHSIG binds the helper to the thread that starts it: only the main thread lives as
+                # long as the run.
+                and (self.helper is not None or threading.current_thread() is threading.main_thread())
+                and not any(key.startswith(_READ_AT_IMPORT) for key in overrides))
+
+    def get(self):
+        if self.helper is None:
+            from tests.preloaded import Helper
+
+            env = dict(os.environ)
+            if _OMP_SET_HERE:
+                env.pop("OMP_NUM_THREADS", None)
+            log = Path(tempfile.mkstemp(prefix="llamaserve-test-preloaded-", suffix=".log")[1])
+            self.helper = Helper(ROOT, log, env)
+        return self.helper
+
+    def close(self) -> None:
+        if self.helper is not None:
+            self.helper.close()
+            self.helper = None
+
+
+_PRELOADED = _Preloaded()
+
+
 class ServerProcess:
-    """A `llamaserve serve` child process on a loopback port, in its own session: `stop()` ends the whole group
-    (API process, EngineCore, workers), and the session's end kills any group a test left behind."""
+    """A `llamaserve serve` process on a loopback port, in its own session: `stop()` ends the whole group (API
+    process, EngineCore, workers), and the session's end kills any group a test left behind. It is a fork of the
+    preloaded helper (tests/preloaded.py) running the real entry point, unless `command` is given, `env` sets a
+    variable read at import time, or LLAMASERVE_TEST_PRELOAD=0: then a fresh child process."""
 
     def __init__(self, args: list[str] | None = None, env: dict[str, str] | None = None,
                  command: list[str] | None = None, allow_unauthenticated: bool = True):
@@ -117,15 +159,15 @@ class ServerProcess:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="llamaserve-test-", suffix=".log")[1])
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            command or [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                        *consent, *(args or [])],
-            cwd=ROOT,
-            env={**_caller_env(), "LLAMASERVE_MODEL_CACHE_DIR": str(CACHE_DIR), **(env or {})},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_the_test_run,
-        )
+        argv = ["serve", "--host", "127.0.0.1", "--port", str(self.port), *consent, *(args or [])]
+        full_env = {**_caller_env(), "LLAMASERVE_MODEL_CACHE_DIR": str(CACHE_DIR), **(env or {})}
+        self.forked = command is None and _PRELOADED.usable(env or {})
+        if self.forked:
+            self.proc = _PRELOADED.get().spawn(argv, full_env, ROOT, self.log_path)
+        else:
+            self.proc = subprocess.Popen(
+                command or [sys.executable, "-m", "server.cli", *argv], cwd=ROOT, env=full_env,
+                stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_the_test_run)
         self.pgid = self.proc.pid  # setsid made it the group's leader
         _LIVE_GROUPS.add(self.pgid)
 
@@ -182,6 +224,7 @@ def pytest_sessionfinish(session, exitstatus):
         launches.stop_untaken()
     for pgid in list(_LIVE_GROUPS):
         kill_group(pgid)
+    _PRELOADED.close()
 
 
 atexit.register(pytest_sessionfinish, None, None)

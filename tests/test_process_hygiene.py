@@ -14,9 +14,11 @@ import textwrap
 import time
 
 import psutil
+import pytest
 
 from tests import conftest, launches
 from tests.conftest import ROOT, ServerProcess, _LIVE_GROUPS, group_members, pytest_sessionfinish
+from tests.preloaded import Helper
 from tests.probes import wait_until
 
 # A parent that starts, the way vLLM does (multiprocessing, spawn), a child guarded by engine/lifeline.py and an
@@ -165,3 +167,65 @@ def test_the_session_end_knows_the_shared_server_and_the_modules_servers_alike(s
     # pytest's own `conftest` and the test modules' `tests.conftest` are one module: one registry of live groups.
     assert sys.modules["conftest"] is conftest
     assert server.pgid in conftest._LIVE_GROUPS
+
+
+# Forked test servers (tests/preloaded.py): the helper forks stand-ins here, without preloading anything.
+
+def stubborn_server(argv: list[str]) -> None:
+    """A forked stand-in server, like _STUBBORN."""
+    subprocess.Popen([sys.executable, "-c",
+                      "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+    time.sleep(600)
+
+
+def exit_with(argv: list[str]) -> None:
+    sys.exit(int(argv[0]))
+
+
+def _bare_helper(tmp_path) -> Helper:
+    return Helper(ROOT, tmp_path / "helper.log", dict(os.environ), preload=())
+
+
+def test_a_forked_server_leads_its_own_session_and_its_exit_is_reported(tmp_path):
+    helper = _bare_helper(tmp_path)
+    try:
+        srv = helper.spawn([], dict(os.environ), ROOT, tmp_path / "srv.log", entry="tests.test_process_hygiene:stubborn_server")
+        assert os.getsid(srv.pid) == os.getpgid(srv.pid) == srv.pid  # killing its group reaches all of it
+        assert wait_until(lambda: len(group_members(srv.pid)) >= 2, 10, 0.05)
+        assert srv.poll() is None
+        with pytest.raises(subprocess.TimeoutExpired):
+            srv.wait(0.2)
+        os.killpg(srv.pid, signal.SIGKILL)
+        assert srv.wait(10) == -signal.SIGKILL
+        exits = helper.spawn(["3"], dict(os.environ), ROOT, tmp_path / "exit.log", entry="tests.test_process_hygiene:exit_with")
+        assert exits.wait(30) == 3
+    finally:
+        helper.close()
+
+
+def test_forked_servers_die_when_the_test_run_is_killed(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        sys.path.insert(0, {str(ROOT)!r})
+        from tests.preloaded import Helper
+        helper = Helper(Path({str(ROOT)!r}), Path({str(tmp_path / "helper.log")!r}), dict(os.environ), preload=())
+        srv = helper.spawn([], dict(os.environ), Path({str(ROOT)!r}), Path({str(tmp_path / "srv.log")!r}),
+                           entry="tests.test_process_hygiene:stubborn_server")
+        print(srv.pid, flush=True)
+        time.sleep(600)
+    """))
+    run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    pgid = None
+    try:
+        pgid = int(run.stdout.readline())
+        assert wait_until(lambda: len(group_members(pgid)) >= 2, 10, 0.05)
+        run.kill()
+        run.wait(10)
+        # The run's death kills the helper, the helper's kills the server (PDEATHSIG, both).
+        assert wait_until(lambda: not _alive(pgid), 3, 0.05)
+    finally:
+        for group in (run.pid, pgid):  # the run's helper, if the run was not killed; the stand-in's grandchild
+            if group is not None and group_members(group):
+                os.killpg(group, signal.SIGKILL)
