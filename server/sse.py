@@ -46,7 +46,14 @@ class _EventStream(EventSourceResponse):
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         # sse-starlette wraps every send in a cancel scope, even without a timeout: a cost paid per token.
         if self.send_timeout is None:
-            await send(message)
+            try:
+                await send(message)
+            except BaseException:
+                # As sse-starlette's own does: a send that never returned (a client that stopped reading, its
+                # stream abandoned by the deadline) leaves the transport unusable, and sse-starlette (>= 3.7)
+                # would otherwise try to end the response with one more send, which waits on that client for good.
+                self._send_interrupted = True
+                raise
         else:
             await super()._send_with_timeout(send, message)
 

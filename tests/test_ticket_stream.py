@@ -151,3 +151,32 @@ def test_a_stream_that_ends_in_time_after_its_deadline_is_not_abandoned():
         await asyncio.sleep(0.5)  # nothing fires later
 
     _run(main())
+
+
+def test_an_abandoned_response_ends_without_another_send_to_the_stalled_client():
+    """The whole response (server/sse.py on sse-starlette): once the ticket abandons a send that never returns,
+    the ASGI call ends; nothing more is sent to that client, which would wait on it for good."""
+    from server import sse
+
+    async def main():
+        sent: list[dict] = []
+        stuck = asyncio.Event()
+
+        async def send(message):
+            sent.append(message)
+            if message["type"] == "http.response.body" and len(sent) >= 3:
+                stuck.set()
+                await asyncio.sleep(3600)  # the client stopped reading: the send never returns
+
+        async def receive():
+            await asyncio.sleep(3600)  # the connection stays open
+            return {"type": "http.disconnect"}
+
+        ticket = _ticket(0.2, grace_s=0.2)
+        response = sse.event_stream(ticket.stream(Source([0] * 100).frames()))
+        scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
+        await asyncio.wait_for(response(scope, receive, send), 3)
+        assert stuck.is_set()
+        assert len(sent) == 3  # the start and two frames; no closing body after the stuck one
+
+    _run(main())
