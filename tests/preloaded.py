@@ -65,6 +65,11 @@ def _run_server(order: dict, report_fd: int) -> None:
         os.close(log)
         os.close(devnull)
         os.chdir(order["cwd"])
+        # The command line `ps` shows, and set up before the environment changes: setproctitle finds the memory
+        # it may write over (argv and, after it, environ) on first use, and vLLM names its processes with it.
+        import setproctitle
+
+        setproctitle.setproctitle(" ".join(["llamaserve", *order["argv"]]))
         os.environ.clear()
         os.environ.update(order["env"])
         sys.argv = ["llamaserve", *order["argv"]]

@@ -135,6 +135,7 @@ def test_the_session_end_kills_every_group_a_test_left_behind(monkeypatch):
     # Only this test's group: the session's servers launched ahead for later modules (tests/launches.py) live on.
     monkeypatch.setattr(conftest, "_LIVE_GROUPS", {srv.pgid})
     monkeypatch.setattr(launches, "_LAUNCHED", {})
+    monkeypatch.setattr(conftest, "_PRELOADED", conftest._Preloaded())  # the session's forked servers live on
     pytest_sessionfinish(None, None)  # what pytest (or atexit) runs when the session ends, however it ends
     assert group_members(srv.pgid) == []
     srv.proc.wait(10)
