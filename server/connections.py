@@ -9,8 +9,9 @@ headers are complete, which a slowloris client never sends). This subclass adds:
   kept-alive connection) to the end of its headers; past it, 408 and close;
 - a cap on header bytes (431 and close), since httptools buffers headers without bound;
 - `max_connections`: a connection beyond it gets 503 and is closed at once, before any byte is read;
-- a response sent before the request's body has fully arrived (401, 413 ...) ends the connection: otherwise a
-  client could keep it forever by dripping the unread rest (each byte restarts keep-alive). It is a lingering
+- a response sent before the request's body has fully arrived (401, 413 ...) ends the connection, and says so
+  (`connection: close`): otherwise a client could keep it forever by dripping the unread rest (each byte
+  restarts keep-alive). It is a lingering
   close, as nginx does: our side is shut for writing and the rest is read and dropped for `LINGER_S`, since
   closing with unread bytes would send a TCP reset that can destroy the response before the client reads it.
 
@@ -90,6 +91,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()
         super().on_headers_complete()
+        cycle = self.cycle
+        send = cycle.send
+
+        async def send_saying_close(message: dict) -> None:
+            # A response that starts before its request's body is in ends the connection (on_response_complete):
+            # it says so, or a client would send its next request down a connection about to close.
+            if message["type"] == "http.response.start" and cycle.more_body:
+                keep_alive = cycle.keep_alive
+                await send({**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]})
+                cycle.keep_alive = keep_alive  # closed by our lingering close, not uvicorn's plain one
+            else:
+                await send(message)
+
+        cycle.send = send_saying_close
 
     def on_response_complete(self) -> None:
         if not self.pipeline and self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():

@@ -122,6 +122,7 @@ def test_an_answer_before_the_body_ends_the_connection_even_if_the_client_keeps_
         started = time.monotonic()
         data, closed = _read_while_dripping(sock, b"x")
     assert _status(data) == 200, data
+    assert b"connection: close" in data.split(b"\r\n\r\n", 1)[0].lower().split(b"\r\n")  # the client knows not to reuse it
     assert closed - started <= LINGER_S + 4
 
 
