@@ -184,7 +184,7 @@ class ServerProcess:
                     return self
             except httpx.HTTPError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_tail()}")
 
@@ -204,16 +204,29 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def stop_all(servers: list[ServerProcess]) -> None:
-    """Stops every one of `servers` (started together to overlap their start-ups), even if stopping one fails."""
-    failures = []
-    for srv in servers:
-        try:
-            srv.stop()
-        except Exception as exc:  # noqa: BLE001 - re-raised once all are stopped
-            failures.append(exc)
-    if failures:
-        raise failures[0]
+    def stop_in_background(self) -> None:
+        """`stop()` without waiting for it: a module's teardown need not wait the second or more that vLLM takes to
+        end its engine, while the next module's tests run. The session's end waits for every such stop and fails
+        the run if one failed."""
+        def stop() -> None:
+            try:
+                self.stop()
+            except Exception as exc:  # noqa: BLE001 - reported at the session's end
+                _FAILED_STOPS.append(f"server group {self.pgid}: {exc!r}")
+
+        thread = threading.Thread(target=stop, name=f"stop-{self.pgid}", daemon=True)
+        _STOPPING.append(thread)
+        thread.start()
+
+
+_STOPPING: list[threading.Thread] = []
+_FAILED_STOPS: list[str] = []
+
+
+def pytest_sessionstart(session):
+    """The preloaded helper imports (~10 s of one core) while pytest collects the tests on the other."""
+    if not session.config.option.collectonly and _PRELOADED.usable({}):
+        _PRELOADED.get()
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -222,6 +235,11 @@ def pytest_sessionfinish(session, exitstatus):
     launches = sys.modules.get("tests.launches")
     if launches is not None:
         launches.stop_untaken()
+    while _STOPPING:
+        _STOPPING.pop().join(90)
+    if _FAILED_STOPS and session is not None:
+        print("\nservers that did not stop cleanly:\n  " + "\n  ".join(_FAILED_STOPS), file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     for pgid in list(_LIVE_GROUPS):
         kill_group(pgid)
     _PRELOADED.close()

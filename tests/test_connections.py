@@ -39,7 +39,7 @@ def _launch_guarded(tiny_model, tmp_path_factory) -> ServerProcess:
 def guarded(request):
     srv = take("guarded", request)
     yield srv
-    srv.stop()
+    srv.stop_in_background()
 
 
 def _connect(srv) -> socket.socket:

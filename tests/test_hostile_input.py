@@ -97,7 +97,7 @@ def test_schemathesis_finds_no_server_error(server):
     cli = Path(sys.executable).with_name("schemathesis")
     run = subprocess.run(
         [str(cli), "run", server.base_url + "/openapi.json", "--checks", "not_a_server_error",
-         "--max-examples", "10", "--max-time", "25", "--workers", "1", "--phases", "examples,coverage,fuzzing", "--request-timeout", "30",
+         "--max-examples", "5", "--max-time", "12", "--workers", "1", "--phases", "examples,coverage,fuzzing", "--request-timeout", "30",
          "--generation-deterministic", "--no-color"],
         capture_output=True, text=True, timeout=180,
     )

@@ -43,7 +43,7 @@ def _launch_limited(tiny_model, tmp_path_factory) -> ServerProcess:
 def limited(request):
     srv = take("limited", request)
     yield srv
-    srv.stop()
+    srv.stop_in_background()
 
 
 def _client(srv, key_index: int) -> httpx.Client:

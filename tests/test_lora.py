@@ -58,7 +58,7 @@ def _launch_srv(tiny_model: Path, tmp_path_factory) -> ServerProcess:
 def srv(request):
     process = take("srv", request)
     yield process
-    process.stop()
+    process.stop_in_background()
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ def _launch_base_server(tiny_model, tmp_path_factory) -> ServerProcess:
 def base_server(request):
     srv = take("base_server", request)
     yield srv
-    srv.stop()
+    srv.stop_in_background()
 
 
 @pytest.fixture(scope="module")

@@ -230,3 +230,15 @@ def test_forked_servers_die_when_the_test_run_is_killed(tmp_path):
         for group in (run.pid, pgid):  # the run's helper, if the run was not killed; the stand-in's grandchild
             if group is not None and group_members(group):
                 os.killpg(group, signal.SIGKILL)
+
+
+def test_a_stop_in_background_returns_at_once_and_ends_the_group(monkeypatch):
+    srv = ServerProcess(command=_STUBBORN)
+    assert _members_appear(srv)
+    monkeypatch.setattr(conftest, "_STOPPING", [])
+    started = time.monotonic()
+    srv.stop_in_background()
+    assert time.monotonic() - started < 0.5
+    [stopping] = conftest._STOPPING  # what the session's end waits for
+    stopping.join(30)
+    assert group_members(srv.pgid) == [] and srv.proc.returncode is not None

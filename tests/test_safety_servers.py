@@ -17,7 +17,7 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 
 from server.security import key_id
-from tests.conftest import CACHE_DIR, ServerProcess, stop_all
+from tests.conftest import CACHE_DIR, ServerProcess
 from tests.probes import metric
 
 pytestmark = pytest.mark.engine
@@ -59,7 +59,8 @@ def servers(tiny_model, unsafe_guard):
         ]))
         yield {"local": local, "guard": guard, "remote": remote}
     finally:
-        stop_all(launched)
+        for srv in launched:
+            srv.stop_in_background()
 
 
 @pytest.fixture(scope="module")

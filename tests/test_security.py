@@ -53,7 +53,7 @@ def _launch_keyed(tiny_model, tmp_path_factory) -> ServerProcess:
 def keyed(request):
     srv = take("keyed", request)
     yield srv
-    srv.stop()
+    srv.stop_in_background()
 
 
 def _call(srv, method, path, body, headers=None):
