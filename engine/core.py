@@ -137,6 +137,7 @@ class LlamaEngine:
         vllm_config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
         method = processes.apply(options.process_start_method)
         log.info("engine processes start by %s", method or "vLLM's choice")
+        processes.share_heap_with_forks(method)
         llm = AsyncLLM(vllm_config=vllm_config, executor_class=Executor.get_class(vllm_config),
                        log_requests=args.enable_log_requests, log_stats=not args.disable_log_stats,
                        usage_context=UsageContext.ENGINE_CONTEXT)

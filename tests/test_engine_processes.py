@@ -96,3 +96,19 @@ print(is_open(tcp.fileno()), is_open(unix_a.fileno()), is_open(read_end))
 def test_forgetting_inherited_sockets_closes_tcp_and_keeps_the_rest():
     out = subprocess.run([sys.executable, "-c", _FORGETS], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["False", "True", "True"], out.stderr
+
+
+def test_only_a_fork_start_freezes_the_heap_the_engine_processes_inherit():
+    import gc
+
+    from engine import processes
+
+    before = gc.get_freeze_count()
+    try:
+        for method in ("spawn", "forkserver", None):
+            processes.share_heap_with_forks(method)
+            assert gc.get_freeze_count() == before
+        processes.share_heap_with_forks("fork")
+        assert gc.get_freeze_count() > before  # vLLM's collections in the forked processes skip these objects
+    finally:
+        gc.unfreeze()
