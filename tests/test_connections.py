@@ -19,7 +19,7 @@ from tests.launches import WITH_THE_SHARED_SERVER, planned, take
 from tests.probes import access_lines, metric, wait_until
 
 HEADER_S, BODY_S, CAP, RPM = 2.0, 2.0, 8, 3
-PATIENT_TIMEOUT_S = 12
+PATIENT_TIMEOUT_S = 8
 STALLED_SEND_GRACE_S = 2.5  # the guarded server's (the default is 5)
 PATIENT_CLIENT = "127.0.0.3"
 PROXY = "127.0.0.2"  # loopback too: a client socket bound to it is a "proxy" the server trusts
@@ -186,10 +186,11 @@ def _metrics(srv) -> str:
 
 
 def test_a_client_that_stops_reading_loses_its_slot_after_the_deadline_and_grace(patient):
-    # ~9 KB per engine step (16 choices x 20 alternatives): the ~3-4 MB that the kernel and uvloop buffer
-    # for a client that never reads fill within a few seconds, and the sends stall.
-    body = orjson.dumps({"prompt": "hi", "max_tokens": 900, "n": 16, "logprobs": 20, "ignore_eos": True,
-                         "temperature": 1.0, "stream": True})
+    # Chat logprobs (16 choices x 20 alternatives, each with its bytes): the ~3 MB that the kernel and uvloop
+    # buffer for a client that never reads fill in ~2 s here (completions' smaller logprobs took ~7 s), and the
+    # sends stall well before the deadline.
+    body = orjson.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 900, "n": 16,
+                         "logprobs": True, "top_logprobs": 20, "ignore_eos": True, "temperature": 1.0, "stream": True})
     host, port = patient.base_url.removeprefix("http://").split(":")
     in_flight = lambda: metric(_metrics(patient), "llamaserve_requests_in_flight")  # noqa: E731
     with socket.socket() as sock:
@@ -197,7 +198,7 @@ def test_a_client_that_stops_reading_loses_its_slot_after_the_deadline_and_grace
         sock.bind((PATIENT_CLIENT, 0))
         sock.connect((host, int(port)))
         sock.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
             + f"extra-parameters: pass-through\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
         )
         started = time.monotonic()
