@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import ServerProcess, kill_group
-from tests.probes import alive, engine_in_flight, metric, sse_events, wait_until
+from tests.probes import access_lines, alive, engine_in_flight, metric, sse_events, wait_until
 
 PASS = {"extra-parameters": "pass-through"}
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -53,12 +53,13 @@ def _ended_with_the_test(srv: ServerProcess):
         kill_group(srv.pgid)
 
 
-def _stream_in_thread(base_url: str, body: dict, out: dict, key: str) -> threading.Thread:
+def _stream_in_thread(base_url: str, body: dict, out: dict, key: str,
+                      headers: dict[str, str] | None = None) -> threading.Thread:
     """Reads the stream in the chunks it arrives in, not line by line: an endless stream's thousands of lines a
     second, split in Python, would hold the GIL from the test's own thread (seconds per wait on 2 cores)."""
     def run() -> None:
         try:
-            with httpx.Client(base_url=base_url, timeout=60, headers=PASS) as c, \
+            with httpx.Client(base_url=base_url, timeout=60, headers={**PASS, **(headers or {})}) as c, \
                     c.stream("POST", "/v1/chat/completions", json=body) as r:
                 chunks = r.iter_bytes()
                 raw = b""
@@ -107,9 +108,9 @@ def _drain_in_flight_requests(srv: ServerProcess) -> None:
     threads.append(_stream_in_thread(srv.base_url, {**endless, "stream": True}, out, "stream"))
     assert wait_until(lambda: "stream.first" in out, 60)
     threads.append(_stream_in_thread(srv.base_url, {**CHAT, "max_tokens": 8, "ignore_eos": True, "stream": True},
-                                     out, "short"))
+                                     out, "short", headers={"x-request-id": "drain-short"}))
     assert wait_until(lambda: "short.first" in out, 60)
-    sent = time.monotonic()
+    sent, sent_at = time.monotonic(), time.time()
     srv.proc.send_signal(signal.SIGTERM)
     # Readiness turns false (or the port has closed already) and new requests are refused.
     refused = wait_until(lambda: _refused(srv.base_url), 3, 0.05)
@@ -121,10 +122,12 @@ def _drain_in_flight_requests(srv: ServerProcess) -> None:
     print(f"\n[drain] grace {GRACE_S} s: endless stream cut {cut_stream:.2f} s and endless full response "
           f"{cut_full:.2f} s after SIGTERM; exit code {rc} {exited:.2f} s after SIGTERM")
     assert refused
-    status, raw, ended = out["short"]
+    status, raw, _ = out["short"]
     events, done = sse_events(raw)
     assert status == 200 and done and events[-1]["choices"][0]["finish_reason"] == "length"
-    assert ended - sent < GRACE_S
+    # When the server sent its last byte (its access line), not when this busy process got round to reading it.
+    [short] = [line for line in access_lines(srv.log_tail(200_000)) if line["request_id"] == "drain-short"]
+    assert short["status"] == 200 and short["ts"] - sent_at < GRACE_S
     status, raw, _ = out["stream"]
     events, done = sse_events(raw)
     assert status == 200 and done and events[-1]["error"]["code"] == "shutting_down", raw[-500:]
