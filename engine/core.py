@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMError
 from vllm.inputs.engine import tokens_input
@@ -157,7 +158,13 @@ class LlamaEngine:
 
     def shutdown(self) -> None:
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
-        self._llm.shutdown(timeout=_STOP_TIMEOUT_S)
+        try:
+            self._llm.shutdown(timeout=_STOP_TIMEOUT_S)
+        except psutil.NoSuchProcess as exc:
+            # vLLM's forced kill (an engine process slower than the timeout) lists the processes, then names each:
+            # one that exits in between raised out of the app's shutdown, with a traceback. What is left of the
+            # engine dies with this process (engine/lifeline.py).
+            log.info("engine process %s exited while vLLM was ending it", exc.pid)
 
     @property
     def is_dead(self) -> bool:

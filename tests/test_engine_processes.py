@@ -112,3 +112,19 @@ def test_only_a_fork_start_freezes_the_heap_the_engine_processes_inherit():
         assert gc.get_freeze_count() > before  # vLLM's collections in the forked processes skip these objects
     finally:
         gc.unfreeze()
+
+
+def test_an_engine_process_that_exits_during_vllms_forced_kill_is_no_shutdown_error():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.core import LlamaEngine
+
+    class VllmRacingItsKill:
+        def shutdown(self, timeout):
+            raise psutil.NoSuchProcess(4321)  # what vLLM's kill_process_tree lets out when a child exits first
+
+    engine = object.__new__(LlamaEngine)
+    engine._tokenize_pool = ThreadPoolExecutor(1)
+    engine._llm = VllmRacingItsKill()
+    engine.shutdown()  # no exception: the app's shutdown completes (no "Application shutdown failed")
+    assert engine._tokenize_pool._shutdown
