@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.preloaded import Helper, die_with_parent
+
 # pytest imports this file as `conftest`, the test modules as `tests.conftest`: one module, so that there is one
 # registry of live server groups (and one session-end clean-up) for all of them.
 if __name__ == "conftest":
@@ -41,17 +43,12 @@ def free_port() -> int:
 
 # Every server process group still alive; the session's end kills what is left (see pytest_sessionfinish).
 _LIVE_GROUPS: set[int] = set()
-_PR_SET_PDEATHSIG = 1
-
-
 def _die_with_the_test_run() -> None:
     """In the child before exec: its own session (so that the group holds it, the engine and the engine's workers),
     and on Linux a SIGKILL when the test run dies, even by SIGKILL or os._exit (pytest-timeout's thread method)."""
     os.setsid()
     if sys.platform == "linux":
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        die_with_parent()
 
 
 def kill_group(pgid: int, timeout: float = 30) -> bool:
@@ -127,8 +124,6 @@ class _Preloaded:
 
     def get(self):
         if self.helper is None:
-            from tests.preloaded import Helper
-
             env = dict(os.environ)
             if _OMP_SET_HERE:
                 env.pop("OMP_NUM_THREADS", None)
@@ -161,8 +156,7 @@ class ServerProcess:
         self._log = self.log_path.open("wb")
         argv = ["serve", "--host", "127.0.0.1", "--port", str(self.port), *consent, *(args or [])]
         full_env = {**_caller_env(), "LLAMASERVE_MODEL_CACHE_DIR": str(CACHE_DIR), **(env or {})}
-        self.forked = command is None and _PRELOADED.usable(env or {})
-        if self.forked:
+        if command is None and _PRELOADED.usable(env or {}):
             self.proc = _PRELOADED.get().spawn(argv, full_env, ROOT, self.log_path)
         else:
             self.proc = subprocess.Popen(

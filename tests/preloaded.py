@@ -42,7 +42,8 @@ ENTRY = "server.cli:main"  # what a fork runs, given the order's argv
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """SIGKILL for this process when the thread that started it ends (Linux), even by SIGKILL or os._exit."""
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -55,7 +56,7 @@ def _run_server(order: dict, report_fd: int) -> None:
     code = 1
     try:
         os.setsid()
-        _die_with_parent()
+        die_with_parent()
         os.close(report_fd)
         log = os.open(order["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -69,11 +70,11 @@ def _run_server(order: dict, report_fd: int) -> None:
         # it may write over (argv and, after it, environ) on first use, and vLLM names its processes with it.
         import setproctitle
 
-        setproctitle.setproctitle(" ".join(["llamaserve", *order["argv"]]))
+        sys.argv = ["llamaserve", *order["argv"]]
+        setproctitle.setproctitle(" ".join(sys.argv))
         os.environ.clear()
         os.environ.update(order["env"])
-        sys.argv = ["llamaserve", *order["argv"]]
-        module, function = order.get("entry", ENTRY).split(":")
+        module, function = order["entry"].split(":")
         getattr(importlib.import_module(module), function)(order["argv"])
         code = 0
     except SystemExit as exc:  # what the interpreter would make of it
@@ -93,7 +94,7 @@ def _run_server(order: dict, report_fd: int) -> None:
 
 
 def _helper_main(report_fd: int, preload: tuple[str, ...]) -> None:
-    _die_with_parent()
+    die_with_parent()
     for name in preload:
         importlib.import_module(name)
     if preload:
@@ -176,9 +177,6 @@ class ForkedServer:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
 
 
 class Helper:

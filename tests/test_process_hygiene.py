@@ -99,10 +99,11 @@ def test_install_wraps_vllms_process_targets_by_reference():
 
 
 # A stand-in server: its grandchild ignores SIGTERM and does not die with its parent, like an unguarded EngineCore.
-_STUBBORN = [sys.executable, "-c", textwrap.dedent("""
-    import signal, subprocess, sys, time
-    subprocess.Popen([sys.executable, "-c",
-                      "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+_IGNORES_SIGTERM = [sys.executable, "-c",
+                    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"]
+_STUBBORN = [sys.executable, "-c", textwrap.dedent(f"""
+    import subprocess, time
+    subprocess.Popen({_IGNORES_SIGTERM!r})
     time.sleep(600)
 """)]
 
@@ -141,18 +142,17 @@ def test_the_session_end_kills_every_group_a_test_left_behind(monkeypatch):
     srv.proc.wait(10)
 
 
-def test_servers_die_when_the_test_run_is_killed(tmp_path):
-    """Even a SIGKILLed test run (or pytest-timeout's os._exit) leaves no server behind."""
+def _a_killed_run_takes_its_server(tmp_path, start_server: str) -> None:
+    """Runs a script that does `start_server` (which sets `pgid`), SIGKILLs it once the stand-in server and its
+    grandchild are up, and checks that the server died with it."""
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
-        import sys, time
+        import os, sys, time
+        from pathlib import Path
         sys.path.insert(0, {str(ROOT)!r})
-        from tests.conftest import ServerProcess
-        srv = ServerProcess(command={_STUBBORN!r})
-        print(srv.pgid, flush=True)
-        time.sleep(600)
-    """))
+    """) + textwrap.dedent(start_server) + "print(pgid, flush=True)\ntime.sleep(600)\n")
     run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    pgid = None
     try:
         pgid = int(run.stdout.readline())
         assert wait_until(lambda: len(group_members(pgid)) >= 2, 10, 0.05)
@@ -161,7 +161,17 @@ def test_servers_die_when_the_test_run_is_killed(tmp_path):
         # The server dies with the run (PDEATHSIG); a real server's engine then dies with it (lifeline).
         assert wait_until(lambda: not _alive(pgid), 3, 0.05)
     finally:
-        os.killpg(pgid, signal.SIGKILL)  # the stand-in's unguarded grandchild
+        for group in (run.pid, pgid):  # what the run left if it was not killed; the stand-in's grandchild
+            if group is not None and group_members(group):
+                os.killpg(group, signal.SIGKILL)
+
+
+def test_servers_die_when_the_test_run_is_killed(tmp_path):
+    """Even a SIGKILLed test run (or pytest-timeout's os._exit) leaves no server behind."""
+    _a_killed_run_takes_its_server(tmp_path, f"""
+        from tests.conftest import ServerProcess
+        pgid = ServerProcess(command={_STUBBORN!r}).pgid
+    """)
 
 
 def test_the_session_end_knows_the_shared_server_and_the_modules_servers_alike(server):
@@ -174,8 +184,7 @@ def test_the_session_end_knows_the_shared_server_and_the_modules_servers_alike(s
 
 def stubborn_server(argv: list[str]) -> None:
     """A forked stand-in server, like _STUBBORN."""
-    subprocess.Popen([sys.executable, "-c",
-                      "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+    subprocess.Popen(_IGNORES_SIGTERM)
     time.sleep(600)
 
 
@@ -205,31 +214,13 @@ def test_a_forked_server_leads_its_own_session_and_its_exit_is_reported(tmp_path
 
 
 def test_forked_servers_die_when_the_test_run_is_killed(tmp_path):
-    script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
-        import os, sys, time
-        from pathlib import Path
-        sys.path.insert(0, {str(ROOT)!r})
+    # The run's death kills the helper, the helper's kills the server (PDEATHSIG, both).
+    _a_killed_run_takes_its_server(tmp_path, f"""
         from tests.preloaded import Helper
         helper = Helper(Path({str(ROOT)!r}), Path({str(tmp_path / "helper.log")!r}), dict(os.environ), preload=())
-        srv = helper.spawn([], dict(os.environ), Path({str(ROOT)!r}), Path({str(tmp_path / "srv.log")!r}),
-                           entry="tests.test_process_hygiene:stubborn_server")
-        print(srv.pid, flush=True)
-        time.sleep(600)
-    """))
-    run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True)
-    pgid = None
-    try:
-        pgid = int(run.stdout.readline())
-        assert wait_until(lambda: len(group_members(pgid)) >= 2, 10, 0.05)
-        run.kill()
-        run.wait(10)
-        # The run's death kills the helper, the helper's kills the server (PDEATHSIG, both).
-        assert wait_until(lambda: not _alive(pgid), 3, 0.05)
-    finally:
-        for group in (run.pid, pgid):  # the run's helper, if the run was not killed; the stand-in's grandchild
-            if group is not None and group_members(group):
-                os.killpg(group, signal.SIGKILL)
+        pgid = helper.spawn([], dict(os.environ), Path({str(ROOT)!r}), Path({str(tmp_path / "srv.log")!r}),
+                            entry="tests.test_process_hygiene:stubborn_server").pid
+    """)
 
 
 def test_a_stop_in_background_returns_at_once_and_ends_the_group(monkeypatch):
