@@ -191,6 +191,13 @@ def test_a_client_that_stops_reading_loses_its_slot_after_the_deadline_and_grace
     # sends stall well before the deadline.
     body = orjson.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 900, "n": 16,
                          "logprobs": True, "top_logprobs": 20, "ignore_eos": True, "temperature": 1.0, "stream": True})
+    # The first logprobs request of a process compiles vLLM's rank kernel: ~2 s, and more than the deadline on a
+    # machine with no compile cache yet (a CI run's stream sent nothing past its first chunk in 8 s). Done first,
+    # so that the stream below fills the buffers in time; a warm-up cut at the deadline leaves the compile running.
+    warm = {**orjson.loads(body), "max_tokens": 1, "stream": False}
+    with httpx.Client(base_url=patient.base_url, transport=httpx.HTTPTransport(local_address=PATIENT_CLIENT),
+                      headers={"extra-parameters": "pass-through"}, timeout=60) as c:
+        assert wait_until(lambda: c.post("/v1/chat/completions", json=warm).status_code == 200, 120, 0.5)
     host, port = patient.base_url.removeprefix("http://").split(":")
     in_flight = lambda: metric(_metrics(patient), "llamaserve_requests_in_flight")  # noqa: E731
     with socket.socket() as sock:
