@@ -83,10 +83,10 @@ def scenarios(quick: bool, apis: list[str], groups: tuple[str, ...] = GROUPS) ->
 
 def _plain_scenarios(quick: bool, apis: list[str]) -> list[dict[str, Any]]:
     out = []
-    if quick:  # what the targets need: closed loop at c1 and c32, both modes
+    if quick:  # what the targets need: closed loop at c1 and c32, both modes, and the streaming tail at c128
         for api in apis:
             for stream in (True, False):
-                for c in (1, 32):
+                for c in (1, 32, 128) if stream else (1, 32):
                     out.append({"api": api, "stream": stream, "loop": "closed", "concurrency": c})
         return out
     for api in apis:
@@ -184,7 +184,7 @@ def git_rev() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="closed loop at c1 and c32 only, shorter scenarios")
+    parser.add_argument("--quick", action="store_true", help="closed loop at c1 and c32 (streaming also c128), shorter scenarios")
     parser.add_argument("--duration", type=float, default=None, help="seconds per scenario (default 6, quick 5)")
     parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (ignore_eos)")
     parser.add_argument("--max-requests", type=int, default=2000, help="request cap per scenario")
