@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.run            # full matrix, ~15 min on 2 cores
     .venv/bin/python -m bench.run --quick    # the targets' scenarios only, ~4 min
 
-Starts llamaserve and vLLM's server (both stay up; an idle one uses no CPU) and drives them from a separate
+Starts llamaserve and vLLM's server (both stay up; an idle one uses ~1% of a core) and drives them from a separate
 load-generator process (bench.loadgen), each scenario on both back to back, alternating which goes first. Prints one table of ratios (llamaserve / vLLM), whether each target is met, and saves the raw
 results (JSON) and a chart (PNG) under docs/bench/.
 """
@@ -100,6 +100,19 @@ def _plain_scenarios(quick: bool, apis: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def _die_with_parent() -> None:
+    """In a server child before exec: SIGKILL when the bench dies, even by SIGKILL (Linux; elsewhere a no-op)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def stop_servers_on_sigterm() -> None:
+    """SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C, so the `finally` that stops the servers runs."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 class Server:
     """A server child process in its own process group (so its EngineCore goes down with it)."""
 
@@ -110,7 +123,7 @@ class Server:
         self._log = self.log_path.open("wb")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
 
     def wait_ready(self, path: str) -> float:
         start = self.started
@@ -198,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated scenario groups: {', '.join(GROUPS)} (default all)")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)
+    stop_servers_on_sigterm()
 
     from engine.tiny_model import ensure_tiny_model
 
