@@ -227,6 +227,21 @@ async def _scenario(session, target: dict[str, Any], plan: dict[str, Any], sc: d
 ROUTES = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 
+
+def warmups(scenarios: list[dict[str, Any]], server: str) -> list[dict[str, Any]]:
+    """The scenarios a server is warmed up with before anything is measured: one of each kind, route and mode
+    that is not plain (a grammar's first compile; the first request with logprobs, which best_of and beam search
+    ask for, compiles vLLM's rank kernel in each engine process: seconds, once)."""
+    out, seen = [], set()
+    for sc in scenarios:
+        kind = (sc.get("kind", "plain"), sc["api"], sc.get("mode"))
+        if kind[0] == "plain" or kind in seen or (sc.get("servers") and server not in sc["servers"]):
+            continue
+        seen.add(kind)
+        out.append(sc)
+    return out
+
+
 async def run_plan(plan: dict[str, Any]) -> dict[str, Any]:
     """Every scenario on every target back to back (the order alternating), `rounds` times over.
 
@@ -247,12 +262,7 @@ async def run_plan(plan: dict[str, Any]) -> dict[str, Any]:
                 for stream in (True, False):
                     await closed_loop(session, t["url"] + ROUTES[api], body(plan, api, stream), api, stream, 4,
                                       plan["warmup_s"], 64)
-            warmed = set()
-            for sc in plan["scenarios"]:  # and each other kind once (a grammar's first compile, beam search)
-                kind = (sc.get("kind", "plain"), sc["api"])
-                if kind[0] == "plain" or kind in warmed or (sc.get("servers") and t["name"] not in sc["servers"]):
-                    continue
-                warmed.add(kind)
+            for sc in warmups(plan["scenarios"], t["name"]):
                 await closed_loop(session, t["url"] + ROUTES[sc["api"]], bodies(plan, sc), sc["api"], sc["stream"],
                                   2, plan["warmup_s"], 4)
         step = 0

@@ -56,3 +56,11 @@ def test_ready_target():
     assert stats.ready_target({"llamaserve": 27.0, "vllm": 30.0})[0]["met"] is True
     assert stats.ready_target({"llamaserve": 33.0, "vllm": 30.0})[0]["met"] is False
     assert stats.ready_target({"llamaserve": 33.0})[0]["met"] is None
+
+
+def test_warm_up_covers_each_mode_that_compiles_something_first():
+    plan = run.scenarios(True, ["completions"], ("plain", "beam", "best_of", "json"))
+    warmed = [stats.scenario_key(sc) for sc in loadgen.warmups(plan, "llamaserve")]
+    # best_of asks for logprobs and n=k does not: each is warmed, or best_of's first request pays the compile.
+    assert warmed == ["beam w2 c1", "n=4 c4", "best_of=4 n=1 c4", "json_schema chat c1"]
+    assert [stats.scenario_key(sc) for sc in loadgen.warmups(plan, "vllm")] == ["beam w2 c1", "json_schema chat c1"]
