@@ -11,6 +11,9 @@ per-step work as the engine allows.
   path, then each step's requests are copies of it with their own tokens and id.
 - All of a step's requests are submitted before any is awaited, and results are read straight from vLLM's
   per-request output collectors, without an async generator per request.
+- No branch is started before the search asks for it: starting a running request's likeliest branch a step early
+  made a lone search 16-28% slower (widths 4 and 8 in-process, round five of docs/BENCHMARKS.md) and four
+  searches no faster.
 """
 
 from __future__ import annotations
@@ -33,8 +36,6 @@ from engine.failures import engine_failure
 
 # Up to this many tokens per request: a running request no beam follows wastes at most what it ran ahead.
 DEFAULT_LOOKAHEAD = 8
-# Likely branches start early only while the engine runs at most this many requests per live beam of this search.
-_SPARE_ROOM = 2
 
 
 class _Stream:
@@ -65,8 +66,7 @@ class EngineSteps:
 
     def __init__(self, llm: AsyncLLM, prompt_ids: list[int], params_for: Callable[[int], SamplingParams],
                  *, request_id: str, max_tokens: int, lookahead: int = DEFAULT_LOOKAHEAD,
-                 stop_ids: set[int] | frozenset[int] = frozenset(), speculate: bool = True,
-                 lora_request: Any = None):
+                 stop_ids: set[int] | frozenset[int] = frozenset(), lora_request: Any = None):
         self._llm = llm
         self._lora_request = lora_request  # every step runs on the request's LoRA adapter, if any
         self._prompt = prompt_ids
@@ -75,7 +75,6 @@ class EngineSteps:
         self._max_tokens = max_tokens
         self._lookahead = max(1, lookahead)
         self._stop_ids = stop_ids  # a beam ending there needs no next step
-        self._speculate = speculate
         self._templates: dict[int, EngineCoreRequest] = {}
         self._ids = itertools.count()
         # Running requests by the generated tokens their next output follows.
@@ -92,47 +91,23 @@ class EngineSteps:
 
     async def _step(self, generated: list[list[int]]) -> list[dict[int, Any]]:
         keys = [tuple(g) for g in generated]
-        depth = len(keys[0]) if keys else 0
         streams = [self._following.pop(k, None) for k in keys]
         for i, stream in enumerate(streams):
             if stream is None:
                 streams[i] = await self._start(generated[i])
-        # Running requests no live beam follows any more (after the new ones: they wait). Those a step ahead
-        # (speculative, below) are kept for the next step if they branch off a live beam.
-        wanted = set(keys)
-        stale = [k for k in self._following if len(k) <= depth or k[:-1] not in wanted]
-        if stale:
-            await self._abort([self._following.pop(k) for k in stale])
+        # Running requests no live beam follows any more (after the new ones: they wait).
+        if self._following:
+            await self._abort(list(self._following.values()))
+            self._following.clear()
         results = []
-        running: list[tuple[tuple[int, ...], _Stream]] = []
         for key, stream in zip(keys, streams):
             token, alternatives = await stream.next()
             if stream.left > 0:
                 self._following[key + (token,)] = stream
-                running.append((key + (token,), stream))
             else:
                 self._open.pop(stream.request_id, None)
             results.append(alternatives)
-        # Only while the engine has room to spare: measured side by side, branches started early won up to ~15%
-        # for a lone search and lost as much with four searches sharing two cores.
-        if (self._speculate and depth + 2 < self._max_tokens
-                and self._llm.get_num_unfinished_requests() <= _SPARE_ROOM * len(keys)):
-            await self._start_likely_branches(running)
         return results
-
-    async def _start_likely_branches(self, running: list[tuple[tuple[int, ...], _Stream]]) -> None:
-        """A request that ran ahead already holds its next position's alternatives: the beam's likeliest branch
-        off the greedy path there is the one most often chosen at the next step, and it would need a new request
-        (a round trip) one step later. Starting it now, while the search is still one step behind, usually has
-        its first output ready when the search gets there; unneeded ones are aborted after one step."""
-        for path, stream in running:
-            if not stream.pending:
-                continue
-            greedy, alternatives = stream.pending[0]
-            branch = next((t for t in alternatives if t != greedy and t not in self._stop_ids), None)
-            if branch is None or path + (branch,) in self._following:
-                continue
-            self._following[path + (branch,)] = await self._start(list(path + (branch,)))
 
     async def close(self) -> None:
         """Aborts the requests still running (the search ended, failed or was cancelled)."""

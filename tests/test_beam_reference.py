@@ -79,7 +79,7 @@ async def reference(engine: LlamaEngine, prompt: list[int], *, width, max_tokens
     return done
 
 
-async def fast(engine: LlamaEngine, prompt: list[int], *, lookahead=None, speculate=True, **options):
+async def fast(engine: LlamaEngine, prompt: list[int], *, lookahead=None, **options):
     width = options["width"]
 
     def params_for(tokens: int) -> SamplingParams:
@@ -88,7 +88,7 @@ async def fast(engine: LlamaEngine, prompt: list[int], *, lookahead=None, specul
 
     extra = {} if lookahead is None else {"lookahead": lookahead}
     steps = EngineSteps(engine._llm, prompt, params_for, request_id=f"fast-{next(_ids)}",
-                        max_tokens=options["max_tokens"], stop_ids=options["stop_ids"], speculate=speculate, **extra)
+                        max_tokens=options["max_tokens"], stop_ids=options["stop_ids"], **extra)
     try:
         beams = await beam_search(steps, **options)
     finally:
@@ -128,9 +128,8 @@ def test_fast_beam_search_equals_the_reference(engine, loop):
         assert any(b[2] == "stop" for beams in want for b in beams)  # stop tokens were met
         for (p, o), g, w in zip(plan, got, want):
             assert_same(g, w)
-        # Without running ahead (one fresh request per beam and step), running ahead the whole length, and
-        # without starting likely branches early.
-        for variant in ({"lookahead": 1}, {"lookahead": 64}, {"speculate": False}):
+        # Without running ahead (one fresh request per beam and step), and running ahead the whole length.
+        for variant in ({"lookahead": 1}, {"lookahead": 64}):
             got = await asyncio.gather(*(fast(engine, p, **variant, **o) for p, o in plan))
             for g, w in zip(got, want):
                 assert_same(g, w)
