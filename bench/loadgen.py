@@ -227,7 +227,6 @@ async def _scenario(session, target: dict[str, Any], plan: dict[str, Any], sc: d
 ROUTES = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 
-
 def warmups(scenarios: list[dict[str, Any]], server: str) -> list[dict[str, Any]]:
     """The scenarios a server is warmed up with before anything is measured: one of each kind, route and mode
     that is not plain (a grammar's first compile; the first request with logprobs, which best_of and beam search

@@ -27,6 +27,7 @@ import httpx
 import orjson
 
 from bench import stats
+from tests.preloaded import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -100,14 +101,6 @@ def _plain_scenarios(quick: bool, apis: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _die_with_parent() -> None:
-    """In a server child before exec: SIGKILL when the bench dies, even by SIGKILL (Linux; elsewhere a no-op)."""
-    if sys.platform == "linux":
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def stop_servers_on_sigterm() -> None:
     """SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C, so the `finally` that stops the servers runs."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -123,7 +116,9 @@ class Server:
         self._log = self.log_path.open("wb")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     # SIGKILL for the server when the bench dies, even by SIGKILL
+                                     preexec_fn=die_with_parent if sys.platform == "linux" else None)
 
     def wait_ready(self, path: str) -> float:
         start = self.started

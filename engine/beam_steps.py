@@ -66,7 +66,7 @@ class EngineSteps:
 
     def __init__(self, llm: AsyncLLM, prompt_ids: list[int], params_for: Callable[[int], SamplingParams],
                  *, request_id: str, max_tokens: int, lookahead: int = DEFAULT_LOOKAHEAD,
-                 stop_ids: set[int] | frozenset[int] = frozenset(), lora_request: Any = None):
+                 lora_request: Any = None):
         self._llm = llm
         self._lora_request = lora_request  # every step runs on the request's LoRA adapter, if any
         self._prompt = prompt_ids
@@ -74,7 +74,6 @@ class EngineSteps:
         self._request_id = request_id
         self._max_tokens = max_tokens
         self._lookahead = max(1, lookahead)
-        self._stop_ids = stop_ids  # a beam ending there needs no next step
         self._templates: dict[int, EngineCoreRequest] = {}
         self._ids = itertools.count()
         # Running requests by the generated tokens their next output follows.

@@ -296,7 +296,7 @@ class LlamaEngine:
         assert beam is not None
         stop_ids = set(gen.stop_token_ids) | (set() if gen.ignore_eos else self._eos_ids)
         steps = EngineSteps(self._llm, prompt_ids, lambda tokens: beam_step_params(gen, tokens),
-                            request_id=request_id, max_tokens=gen.max_tokens, stop_ids=stop_ids,
+                            request_id=request_id, max_tokens=gen.max_tokens,
                             lora_request=_lora_request(gen.adapter))
         try:
             beams = await beam_search(steps, width=beam.width, max_tokens=gen.max_tokens, stop_ids=stop_ids,

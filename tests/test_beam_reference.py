@@ -88,7 +88,7 @@ async def fast(engine: LlamaEngine, prompt: list[int], *, lookahead=None, **opti
 
     extra = {} if lookahead is None else {"lookahead": lookahead}
     steps = EngineSteps(engine._llm, prompt, params_for, request_id=f"fast-{next(_ids)}",
-                        max_tokens=options["max_tokens"], stop_ids=options["stop_ids"], **extra)
+                        max_tokens=options["max_tokens"], **extra)
     try:
         beams = await beam_search(steps, **options)
     finally:

@@ -94,8 +94,7 @@ def search(step, width, max_tokens):
 def test_same_beams_as_one_token_steps_and_nothing_left_running(width, lookahead):
     async def go():
         llm = ScriptedLLM()
-        steps = EngineSteps(llm, PROMPT, params_for, request_id="r", max_tokens=12, lookahead=lookahead,
-                            stop_ids={0})
+        steps = EngineSteps(llm, PROMPT, params_for, request_id="r", max_tokens=12, lookahead=lookahead)
         early = []  # steps whose request the search found already started before it asked
 
         async def step(generated):
