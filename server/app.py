@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from engine.core import EngineOptions, LlamaEngine
+from engine.core import EngineOptions, LlamaEngine, cache_vllm_environment
 from server import adapters, errors, model_source
 from server.adapter_settings import lora_enabled
 from server.lifecycle import MODEL_LOAD_EXIT_CODE
@@ -73,7 +73,9 @@ def start_engine(settings: Settings) -> LlamaEngine:
     # vLLM would take a missing directory for a hub id and say only that the id is malformed.
     if options.model.startswith(("/", "./", "../", "~")) and not Path(options.model).expanduser().exists():
         raise FileNotFoundError(f"the model directory {options.model} does not exist")
-    return LlamaEngine.start(options)
+    engine = LlamaEngine.start(options)
+    cache_vllm_environment()  # the guard, if any, started before this engine (_load)
+    return engine
 
 
 def start_configured_guard(settings: Settings) -> Guard | None:
