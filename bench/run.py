@@ -116,7 +116,9 @@ class Server:
         self._log = self.log_path.open("wb")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     stderr=subprocess.STDOUT,
+                                     # the bench's session (tests.preloaded.own_process_group says why)
+                                     process_group=0,
                                      # SIGKILL for the server when the bench dies, even by SIGKILL
                                      preexec_fn=die_with_parent if sys.platform == "linux" else None)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.preloaded import Helper, die_with_parent
+from tests.preloaded import Helper, die_with_parent, own_process_group
 
 # pytest imports this file as `conftest`, the test modules as `tests.conftest`: one module, so that there is one
 # registry of live server groups (and one session-end clean-up) for all of them.
@@ -44,9 +44,9 @@ def free_port() -> int:
 # Every server process group still alive; the session's end kills what is left (see pytest_sessionfinish).
 _LIVE_GROUPS: set[int] = set()
 def _die_with_the_test_run() -> None:
-    """In the child before exec: its own session (so that the group holds it, the engine and the engine's workers),
-    and on Linux a SIGKILL when the test run dies, even by SIGKILL or os._exit (pytest-timeout's thread method)."""
-    os.setsid()
+    """In the child before exec: its own process group (tests.preloaded.own_process_group), and on Linux a SIGKILL
+    when the test run dies, even by SIGKILL or os._exit (pytest-timeout's thread method)."""
+    own_process_group()
     if sys.platform == "linux":
         die_with_parent()
 
@@ -141,7 +141,7 @@ _PRELOADED = _Preloaded()
 
 
 class ServerProcess:
-    """A `llamaserve serve` process on a loopback port, in its own session: `stop()` ends the whole group (API
+    """A `llamaserve serve` process on a loopback port, in its own process group: `stop()` ends the whole group (API
     process, EngineCore, workers), and the session's end kills any group a test left behind. It is a fork of the
     preloaded helper (tests/preloaded.py) running the real entry point, unless `command` is given, `env` sets a
     variable read at import time, or LLAMASERVE_TEST_PRELOAD=0: then a fresh child process."""
@@ -161,8 +161,8 @@ class ServerProcess:
         else:
             self.proc = subprocess.Popen(
                 command or [sys.executable, "-m", "server.cli", *argv], cwd=ROOT, env=full_env,
-                stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_the_test_run)
-        self.pgid = self.proc.pid  # setsid made it the group's leader
+                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_the_test_run)
+        self.pgid = self.proc.pid  # own_process_group made it the group's leader
         _LIVE_GROUPS.add(self.pgid)
 
     def log_tail(self, chars: int = 4000) -> str:

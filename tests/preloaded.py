@@ -3,7 +3,7 @@
 Most of a server's start on these 2-core machines is its API process importing torch, transformers and vLLM (about
 7 s of CPU, the same for every server the suite starts). One helper process (`python -m tests.preloaded`, started
 once per test run) imports all that once; each test server is then a fork of it that runs the real entry point,
-`server.cli.main(["serve", ...])`, in its own session, with its own environment, working directory and log, as
+`server.cli.main(["serve", ...])`, in its own process group, with its own environment, working directory and log, as
 `llamaserve serve` would. The engine's processes are forked from that server as always (engine/processes.py).
 
 What a fork cannot give a server is an environment variable that a library reads only while it is imported (the
@@ -42,6 +42,15 @@ ENTRY = "server.cli:main"  # what a fork runs, given the order's argv
 _PR_SET_PDEATHSIG = 1
 
 
+def own_process_group() -> None:
+    """Its own process group (one killpg ends the server, its engine and the engine's workers), in the caller's
+    session. Not a session of its own (setsid): Linux schedules each session as one "autogroup" (on by default), and
+    while a server decodes, vLLM's EngineCore spins on sched_yield beside its busy worker; with the server in a
+    session of its own, the test run's processes then got no CPU for up to 40 s at a time (a 5 ms loop in the test
+    process took 27-41 s in 3 runs of 4 here; with autogroups off, 27 ms at worst)."""
+    os.setpgid(0, 0)
+
+
 def die_with_parent() -> None:
     """SIGKILL for this process when the thread that started it ends (Linux), even by SIGKILL or os._exit."""
     import ctypes
@@ -55,7 +64,7 @@ def _run_server(order: dict, report_fd: int) -> None:
     """In the forked child: become `llamaserve serve` as the order says; never returns."""
     code = 1
     try:
-        os.setsid()
+        own_process_group()
         die_with_parent()
         os.close(report_fd)
         log = os.open(order["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -142,7 +151,7 @@ def _helper_main(report_fd: int, preload: tuple[str, ...]) -> None:
 # --- the test run's side -----------------------------------------------------------------------------------------
 
 def _await_own_group(pid: int, timeout: float = 10) -> None:
-    """Until the fork has called setsid(): before that, killing its process group would miss it."""
+    """Until the fork has its own process group: before that, killing its process group would miss it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -151,7 +160,7 @@ def _await_own_group(pid: int, timeout: float = 10) -> None:
         except ProcessLookupError:  # already gone (and reaped): nothing of it to kill
             return
         time.sleep(0.002)
-    raise RuntimeError(f"tests.preloaded: server {pid} did not start its own session")
+    raise RuntimeError(f"tests.preloaded: server {pid} did not start its own process group")
 
 
 class ForkedServer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -40,6 +41,8 @@ def test_a_stopped_or_killed_bench_takes_its_servers_with_it(sig, tmp_path):
     try:
         server = int(bench.stdout.readline())
         assert not _gone(server)
+        # its own group for one killpg, in the bench's session (tests.preloaded.own_process_group says why)
+        assert os.getpgid(server) == server and os.getsid(server) == os.getsid(bench.pid)
         bench.send_signal(sig)
         assert bench.wait(10) == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
         assert wait_until(lambda: _gone(server), 5), "the bench's server outlived it"

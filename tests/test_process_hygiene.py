@@ -116,6 +116,7 @@ def test_a_server_crash_leaves_nothing_once_stopped():
     srv = ServerProcess(command=_STUBBORN)
     assert _members_appear(srv)
     assert os.getpgid(srv.proc.pid) == srv.pgid != os.getpgid(0)  # its own group, not the test run's
+    assert os.getsid(srv.proc.pid) == os.getsid(0)  # but the run's session (tests.preloaded.own_process_group)
     os.kill(srv.proc.pid, signal.SIGKILL)  # the way a crash (or the OOM killer) ends it
     srv.proc.wait(10)
     assert group_members(srv.pgid)  # the grandchild lives on...
@@ -196,11 +197,12 @@ def _bare_helper(tmp_path) -> Helper:
     return Helper(ROOT, tmp_path / "helper.log", dict(os.environ), preload=())
 
 
-def test_a_forked_server_leads_its_own_session_and_its_exit_is_reported(tmp_path):
+def test_a_forked_server_leads_its_own_group_in_the_runs_session_and_its_exit_is_reported(tmp_path):
     helper = _bare_helper(tmp_path)
     try:
         srv = helper.spawn([], dict(os.environ), ROOT, tmp_path / "srv.log", entry="tests.test_process_hygiene:stubborn_server")
-        assert os.getsid(srv.pid) == os.getpgid(srv.pid) == srv.pid  # killing its group reaches all of it
+        assert os.getpgid(srv.pid) == srv.pid  # killing its group reaches all of it
+        assert os.getsid(srv.pid) == os.getsid(0)  # one scheduler autogroup with the run (own_process_group)
         assert wait_until(lambda: len(group_members(srv.pid)) >= 2, 10, 0.05)
         assert srv.poll() is None
         with pytest.raises(subprocess.TimeoutExpired):

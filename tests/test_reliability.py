@@ -104,7 +104,7 @@ def _drain_in_flight_requests(srv: ServerProcess) -> None:
     # The full response first, seen in the engine while the server is idle: once the endless stream runs, the
     # API process and this one are busy with its thousands of frames a second, and every poll is slow.
     threads = [_post_in_thread(srv.base_url, endless, out, "full")]
-    assert wait_until(lambda: engine_in_flight(srv.base_url) == 1, 60)
+    assert wait_until(lambda: engine_in_flight(srv.base_url) == 1, 60), (out, srv.log_tail(4000))
     threads.append(_stream_in_thread(srv.base_url, {**endless, "stream": True}, out, "stream"))
     assert wait_until(lambda: "stream.first" in out, 60)
     threads.append(_stream_in_thread(srv.base_url, {**CHAT, "max_tokens": 8, "ignore_eos": True, "stream": True},
