@@ -292,6 +292,17 @@ class LlamaEngine:
         prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer))
         return outputs.Step(choices, prompt, completion_tokens, finished=True)
 
+    async def warm_up(self) -> outputs.Step:
+        """One token with its logprob: the first request with logprobs (logprobs, best_of, beam search) in an
+        engine process has vLLM compile its rank kernel, 1-2 s with a warm compile cache and 5-10 s or more
+        without one (a fresh container)."""
+        gen = GenerationInput(mode=Mode.sample, n=1, candidates=1, max_tokens=1, temperature=1.0, top_p=1.0,
+                              top_k=0, min_p=0.0, presence_penalty=0.0, frequency_penalty=0.0,
+                              repetition_penalty=1.0, min_tokens=0, ignore_eos=True, skip_special_tokens=True,
+                              logprobs=1)
+        bos = self._tokenizer.bos_token_id
+        return await self.complete([0 if bos is None else bos], gen, "llamaserve-warm-up")
+
     async def _beam_search(self, prompt_ids: list[int], gen: GenerationInput, request_id: str) -> outputs.Step:
         beam = gen.beam
         assert beam is not None

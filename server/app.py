@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -90,12 +91,16 @@ async def _load(state: ServerState, factory: EngineFactory, guard_factory: Guard
             state.moderator = Moderator(state.settings, guard, state.metrics.registry)
             log.info("content safety on: guard=%s, checks %s", state.settings.guard, state.settings.guard_check)
         engine = await asyncio.to_thread(factory, state.settings)
-        if state.settings.lora_adapters:
-            try:
+        try:
+            if state.settings.lora_adapters:
                 await adapters.load_configured(state.settings, engine)
-            except BaseException:
-                engine.shutdown()
-                raise
+            if state.settings.warm_up:
+                started = time.monotonic()
+                await engine.warm_up()
+                log.info("engine warmed up in %.1f s", time.monotonic() - started)
+        except BaseException:  # not ready yet, so the lifespan's end does not stop it
+            engine.shutdown()
+            raise
         state.engine = engine
         log.info("model %s ready", state.engine.info.name)
     except Exception as exc:  # a server without its model serves nothing: exit so that the failure shows

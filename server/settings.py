@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         None, gt=0, description="KV cache size on CPU-only hosts (VLLM_CPU_KVCACHE_SPACE)"
     )
     seed: int = Field(0, description="engine seed")
+    warm_up: bool = Field(
+        True, description="before turning ready, generate one token with its logprob: the first such request in "
+        "an engine process compiles a vLLM kernel (seconds; 5-10 s or more in a fresh container), which the first "
+        "client asking for logprobs, best_of or beam search would otherwise wait for",
+    )
     process_start_method: Literal["auto", "fork", "spawn"] = Field(
         "auto", description="how the engine's processes start; auto: fork on CPU hosts (engine/processes.py), "
         "else vLLM's choice",

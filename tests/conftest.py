@@ -155,7 +155,9 @@ class ServerProcess:
         self.log_path = Path(tempfile.mkstemp(prefix="llamaserve-test-", suffix=".log")[1])
         self._log = self.log_path.open("wb")
         argv = ["serve", "--host", "127.0.0.1", "--port", str(self.port), *consent, *(args or [])]
-        full_env = {**_caller_env(), "LLAMASERVE_MODEL_CACHE_DIR": str(CACHE_DIR), **(env or {})}
+        # No warm-up (a second or two of CPU per start) but on the shared server, which tests it (test_warm_up).
+        full_env = {**_caller_env(), "LLAMASERVE_MODEL_CACHE_DIR": str(CACHE_DIR), "LLAMASERVE_WARM_UP": "false",
+                    **(env or {})}
         if command is None and _PRELOADED.usable(env or {}):
             self.proc = _PRELOADED.get().spawn(argv, full_env, ROOT, self.log_path)
         else:
@@ -271,7 +273,7 @@ def server(request):
 
 
 def _launch_shared_server(tiny_model: Path, tmp_path_factory) -> ServerProcess:
-    return ServerProcess(["--rate-limit-rpm", "0", "--rate-limit-tpm", "0"])
+    return ServerProcess(["--rate-limit-rpm", "0", "--rate-limit-tpm", "0", "--warm-up"])
 
 
 def pytest_configure(config):

@@ -26,12 +26,14 @@ class ScriptedEngine:
         self.started: list[str] = []  # engine request ids, in order
         self.aborted: list[str] = []
         self.is_dead = False
+        self.warm_ups = 0
 
     # --- what the server calls
     def shutdown(self) -> None: ...
     def num_unfinished_requests(self) -> int: return 0
     async def check_health(self) -> None: ...
     async def abort(self, request_id: str) -> None: self.aborted.append(request_id)
+    async def warm_up(self) -> None: self.warm_ups += 1
     async def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]: return [ord(c) % 1000 for c in text] or [0]
     async def encode_chat(self, messages, max_chars=None, tools=None) -> list[int]:
         return await self.encode_text("".join(m["content"] for m in messages))
