@@ -292,7 +292,7 @@ class LlamaEngine:
         prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer))
         return outputs.Step(choices, prompt, completion_tokens, finished=True)
 
-    async def warm_up(self) -> outputs.Step:
+    async def warm_up(self) -> None:
         """One token with its logprob: the first request with logprobs (logprobs, best_of, beam search) in an
         engine process has vLLM compile its rank kernel, 1-2 s with a warm compile cache and 5-10 s or more
         without one (a fresh container)."""
@@ -301,7 +301,7 @@ class LlamaEngine:
                               repetition_penalty=1.0, min_tokens=0, ignore_eos=True, skip_special_tokens=True,
                               logprobs=1)
         bos = self._tokenizer.bos_token_id
-        return await self.complete([0 if bos is None else bos], gen, "llamaserve-warm-up")
+        await self.complete([0 if bos is None else bos], gen, "llamaserve-warm-up")
 
     async def _beam_search(self, prompt_ids: list[int], gen: GenerationInput, request_id: str) -> outputs.Step:
         beam = gen.beam
