@@ -28,7 +28,7 @@ LLAMA_3_VOCAB = 128256
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
-def config(shape: str, vocab_size: int = LLAMA_3_VOCAB) -> dict[str, Any]:
+def config(shape: str) -> dict[str, Any]:
     hidden, mlp, layers, heads, kv_heads, head_dim, tied, rope_scaling = SHAPES[shape]
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "bfloat16",
@@ -36,29 +36,34 @@ def config(shape: str, vocab_size: int = LLAMA_3_VOCAB) -> dict[str, Any]:
         "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
         "hidden_act": "silu", "max_position_embeddings": 131072, "rms_norm_eps": 1e-05,
         "rope_theta": 500000.0, "rope_scaling": rope_scaling, "tie_word_embeddings": tied,
-        "attention_bias": False, "mlp_bias": False, "vocab_size": vocab_size,
+        "attention_bias": False, "mlp_bias": False, "vocab_size": LLAMA_3_VOCAB,
         "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
     }
 
 
-def write_model_dir(shape: str, directory: Path, tokenizer_dir: Path, vocab_size: int = LLAMA_3_VOCAB) -> Path:
-    """`directory` with `shape`'s config.json and the tokenizer of `tokenizer_dir`. A vocab_size of the
-    tokenizer's own size keeps every sampled token printable (the tiny tokenizer knows 1024 tokens)."""
+def write_model_dir(shape: str, directory: Path, tokenizer_dir: Path, tokenizer_vocab: bool = False) -> Path:
+    """`directory` with `shape`'s config.json and the tokenizer of `tokenizer_dir`. With `tokenizer_vocab`, the
+    vocabulary is the tokenizer's own (the tiny one's 1024 tokens, with its special-token ids), so that every token
+    the model samples is one the tokenizer can print; otherwise Llama 3's 128256."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in _TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copyfile(tokenizer_dir / name, directory / name)
-    body = config(shape, vocab_size)
-    tiny = json.loads((tokenizer_dir / "config.json").read_text())
-    if vocab_size != LLAMA_3_VOCAB:  # the tokenizer's own special-token ids
-        body.update({k: tiny[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in tiny})
+    body = config(shape)
+    if tokenizer_vocab:
+        own = json.loads((tokenizer_dir / "config.json").read_text())
+        body.update({k: own[k] for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id") if k in own})
     (directory / "config.json").write_text(json.dumps(body, indent=1))
     return directory
 
 
-if __name__ == "__main__":  # python -m engine.llama_shapes SHAPE DIR TOKENIZER_DIR [VOCAB_SIZE]
-    import sys
+if __name__ == "__main__":
+    import argparse
 
-    shape, out, tokenizer = sys.argv[1:4]
-    vocab = int(sys.argv[4]) if len(sys.argv) > 4 else LLAMA_3_VOCAB
-    print(write_model_dir(shape, Path(out), Path(tokenizer), vocab))
+    parser = argparse.ArgumentParser(prog="python -m engine.llama_shapes", description=__doc__)
+    parser.add_argument("shape", choices=sorted(SHAPES))
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("tokenizer_dir", type=Path, help="a model directory whose tokenizer to copy (the tiny model's)")
+    parser.add_argument("--tokenizer-vocab", action="store_true", help="the tokenizer's vocabulary, not Llama 3's")
+    args = parser.parse_args()
+    print(write_model_dir(args.shape, args.directory, args.tokenizer_dir, args.tokenizer_vocab))
