@@ -19,21 +19,20 @@ from typing import Any, TypeVar
 
 import psutil
 import vllm.envs
-from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMError
 from vllm.inputs.engine import tokens_input
 from vllm.lora.request import LoRARequest
 from vllm.outputs import CompletionOutput, RequestOutput
-from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.executor import Executor
 
-from engine import adapters, best_of, lifeline, outputs, processes
+from engine import adapters, best_of, engine_config, lifeline, outputs, processes
 from engine.beam_search import beam_search
 from engine.beam_steps import EngineSteps
 from engine.chat_encoding import ChatEncoder
 from engine.errors import EngineUnavailable, InvalidGenerationRequest
 from engine.failures import engine_failure
+from engine.options import EngineOptions
 from engine.request import GenerationInput, Mode
 from engine.sampling import beam_step_params, to_sampling_params
 from engine.tool_format import detect as detect_tool_format
@@ -48,33 +47,6 @@ _STOP_TIMEOUT_S = 1.0
 _OFFLOAD_CHARS = 20_000
 _OFFLOAD_MESSAGES = 256
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    model: str
-    served_model_name: str
-    dtype: str = "auto"
-    max_model_len: int | None = None
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    quantization: str | None = None
-    kv_cache_dtype: str = "auto"
-    max_num_seqs: int | None = None
-    trust_remote_code: bool = False
-    chat_template: str | None = None
-    enforce_eager: bool = False
-    distributed_executor_backend: str | None = None
-    cpu_kvcache_space_gib: int | None = None
-    seed: int = 0
-    max_logprobs: int = 20
-    enable_lora: bool = False
-    max_loras: int = 1
-    max_lora_rank: int = 16
-    max_cpu_loras: int | None = None
-    disable_log_stats: bool = False  # the guard engine: its vllm:* series would double the main engine's
-    process_start_method: processes.StartMethod = "auto"  # how EngineCore and its workers start (engine/processes.py)
 
 
 @dataclass(frozen=True)
@@ -110,39 +82,16 @@ class LlamaEngine:
         if options.cpu_kvcache_space_gib is not None:
             # Read by vLLM's CPU backend in the engine process it spawns.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(options.cpu_kvcache_space_gib)
-        args = AsyncEngineArgs(
-            model=options.model,
-            served_model_name=options.served_model_name,
-            dtype=options.dtype,
-            max_model_len=options.max_model_len,
-            tensor_parallel_size=options.tensor_parallel_size,
-            pipeline_parallel_size=options.pipeline_parallel_size,
-            gpu_memory_utilization=options.gpu_memory_utilization,
-            quantization=options.quantization,
-            kv_cache_dtype=options.kv_cache_dtype,
-            max_num_seqs=options.max_num_seqs,
-            trust_remote_code=options.trust_remote_code,
-            enforce_eager=options.enforce_eager,
-            distributed_executor_backend=options.distributed_executor_backend,
-            seed=options.seed,
-            max_logprobs=options.max_logprobs,
-            enable_lora=options.enable_lora,
-            max_loras=options.max_loras,
-            max_lora_rank=options.max_lora_rank,
-            max_cpu_loras=options.max_cpu_loras,
-            # Sampling defaults come from the API contract, not from the checkpoint's generation_config.
-            generation_config="vllm",
-            disable_log_stats=options.disable_log_stats,
-        )
+        args = engine_config.engine_args(options)
         lifeline.install()  # engine processes die with this one, however it ends
         # AsyncLLM.from_engine_args, split so the start method is set after the config (which resets it on CPU).
-        vllm_config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+        vllm_config = engine_config.vllm_config(args)
         method = processes.apply(options.process_start_method)
         log.info("engine processes start by %s", method or "vLLM's choice")
         processes.share_heap_with_forks(method)
         llm = AsyncLLM(vllm_config=vllm_config, executor_class=Executor.get_class(vllm_config),
                        log_requests=args.enable_log_requests, log_stats=not args.disable_log_stats,
-                       usage_context=UsageContext.ENGINE_CONTEXT)
+                       usage_context=engine_config.USAGE_CONTEXT)
         chat_template = Path(options.chat_template).read_text() if options.chat_template else None
         tokenizer = llm.get_tokenizer()
         model_config = llm.model_config

@@ -49,10 +49,17 @@ def engine_options(settings: Settings) -> EngineOptions:
         max_model_len=e.max_model_len,
         tensor_parallel_size=e.tensor_parallel_size,
         pipeline_parallel_size=e.pipeline_parallel_size,
-        gpu_memory_utilization=e.gpu_memory_utilization,
+        gpu_memory_utilization=_memory_share(settings),
         quantization=e.quantization,
         kv_cache_dtype=e.kv_cache_dtype,
         max_num_seqs=e.max_num_seqs,
+        max_num_batched_tokens=e.max_num_batched_tokens,
+        enable_chunked_prefill=e.enable_chunked_prefill,
+        enable_prefix_caching=e.enable_prefix_caching,
+        long_prefill_token_threshold=e.long_prefill_token_threshold,
+        speculative_config=e.speculative_config,
+        compilation_config=e.compilation_config,
+        engine_args=e.engine_args,
         trust_remote_code=e.trust_remote_code,
         chat_template=e.chat_template,
         enforce_eager=e.enforce_eager,
@@ -67,6 +74,15 @@ def engine_options(settings: Settings) -> EngineOptions:
         max_lora_rank=e.max_lora_rank,
         max_cpu_loras=e.max_cpu_loras,
     )
+
+
+def _memory_share(settings: Settings) -> float | None:
+    """The main engine's share of GPU memory; unset, vLLM's default, or beside a local guard what the guard leaves
+    (two engines at vLLM's default each would ask for more than the GPU has)."""
+    share = settings.engine.gpu_memory_utilization
+    if share is None and settings.guard == "local":
+        return round(1 - settings.guard_gpu_memory_utilization, 4)
+    return share
 
 
 def start_engine(settings: Settings) -> LlamaEngine:

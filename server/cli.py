@@ -30,7 +30,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         if name == "lora_adapters":  # repeatable: --lora a=/path/a --lora b=/path/b
             parser.add_argument("--lora", flag, dest=name, action="append", default=None, help=help_text,
                                 metavar="NAME=PATH")
-        elif annotation is bool:
+        elif annotation in (bool, bool | None):  # --NAME / --no-NAME; unset: the default
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=name, default=None, help=help_text, metavar=_metavar(annotation))

@@ -6,7 +6,8 @@ name in all four places: ``max_model_len`` is ``--max-model-len``, ``LLAMASERVE_
 YAML key ``max_model_len``.
 
 The model stays flat, since those four names are what Helm charts, Azure ML deployments and the docs use; each part
-of the server takes the typed group it uses instead of the whole of it: `engine` (what vLLM is started with),
+of the server takes the typed group it uses instead of the whole of it: `engine` (what vLLM is started with;
+its fields live in server/engine_settings.py),
 `api_limits` (what one request may ask for) and `protection` (connections, bodies, rates, admission, timeouts).
 """
 
@@ -34,6 +35,7 @@ from typing_extensions import Annotated
 
 from engine.guard_format import resolve_codes
 from server import adapter_settings
+from server.engine_settings import EngineFields, EngineSettings
 
 ENV_PREFIX = "LLAMASERVE_"
 # Kubernetes' service links give every pod <SERVICE>_PORT=tcp://10.0.0.1:8000 for each Service in its namespace,
@@ -52,7 +54,7 @@ class _EnvSource(EnvSettingsSource):
         return values
 
 
-class Settings(BaseSettings):
+class Settings(EngineFields, BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     config: Path | None = Field(None, description="YAML settings file (lower precedence than env and flags)")
@@ -61,43 +63,6 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="address to bind")
     port: int = Field(8000, ge=1, le=65535, description="port to bind")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-
-    # --- model and engine (passed to vLLM)
-    model: str | None = Field(
-        None,
-        description="model directory or hub id; unset: $AZUREML_MODEL_DIR, else the built-in tiny local model",
-    )
-    served_model_name: str | None = Field(None, description="name reported by /info, /v1/models and responses")
-    model_cache_dir: Path = Field(
-        Path.home() / ".cache" / "llamaserve", description="where the built-in tiny model is built"
-    )
-    dtype: str = Field("auto", description="weights/activations dtype: auto, bfloat16, float16, float32")
-    max_model_len: int | None = Field(None, gt=0, description="context length (default: the model's)")
-    tensor_parallel_size: int = Field(1, ge=1)
-    pipeline_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    quantization: str | None = Field(None, description="e.g. fp8")
-    kv_cache_dtype: str = Field("auto")
-    max_num_seqs: int | None = Field(None, gt=0, description="engine batch size bound")
-    trust_remote_code: bool = False
-    chat_template: str | None = Field(None, description="path to a Jinja chat template overriding the model's")
-    enforce_eager: bool = False
-    distributed_executor_backend: Literal["mp", "ray", "uni"] | None = Field(
-        None, description="ray for multi-node serving"
-    )
-    cpu_kvcache_space_gib: int | None = Field(
-        None, gt=0, description="KV cache size on CPU-only hosts (VLLM_CPU_KVCACHE_SPACE)"
-    )
-    seed: int = Field(0, description="engine seed")
-    warm_up: bool = Field(
-        True, description="before turning ready, generate one token with its logprob: the first such request in "
-        "an engine process compiles a vLLM kernel (seconds; 5-10 s or more in a fresh container), which the first "
-        "client asking for logprobs, best_of or beam search would otherwise wait for",
-    )
-    process_start_method: Literal["auto", "fork", "spawn"] = Field(
-        "auto", description="how the engine's processes start; auto: fork on CPU hosts (engine/processes.py), "
-        "else vLLM's choice",
-    )
 
     # --- API limits
     max_n: int = Field(16, ge=1, description="largest n accepted")
@@ -290,34 +255,6 @@ class Settings(BaseSettings):
         if self.api_key_file is not None:
             keys += key_file_lines(self.api_key_file.read_bytes())
         return keys
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """What the engine is started with (server/app.py `engine_options`); the model's location is resolved from
-    `model`, `served_model_name` and `model_cache_dir` (server/model_source.py)."""
-
-    model: str | None
-    served_model_name: str | None
-    model_cache_dir: Path
-    dtype: str
-    max_model_len: int | None
-    tensor_parallel_size: int
-    pipeline_parallel_size: int
-    gpu_memory_utilization: float
-    quantization: str | None
-    kv_cache_dtype: str
-    max_num_seqs: int | None
-    trust_remote_code: bool
-    chat_template: str | None
-    enforce_eager: bool
-    distributed_executor_backend: str | None
-    cpu_kvcache_space_gib: int | None
-    seed: int
-    process_start_method: str
-    max_loras: int
-    max_lora_rank: int
-    max_cpu_loras: int | None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import os
 import signal
 import socket
@@ -103,6 +104,18 @@ def _caller_env() -> dict[str, str]:
     return env
 
 
+# Settings every test server starts with, as a JSON object (e.g. another model directory and
+# {"engine_args": {"load_format": "dummy"}}: scripts/gpu-check). Given to the servers as LLAMASERVE_* variables, so a
+# test's own flags still win; in-process tests never see them.
+SERVER_SETTINGS_VAR = "LLAMASERVE_TEST_SERVER_SETTINGS"
+
+
+def server_settings_env(settings_json: str | None) -> dict[str, str]:
+    settings = json.loads(settings_json) if settings_json else {}
+    return {f"LLAMASERVE_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+            for name, value in settings.items()}
+
+
 # Variables that a library reads only while it is imported: a server given one of them must be a fresh process,
 # not a fork of the preloaded helper (tests/preloaded.py), which imported those libraries under the run's own.
 _READ_AT_IMPORT = ("HF_", "TRANSFORMERS_", "TORCH", "OMP_", "MKL_", "VLLM_CONFIGURE_LOGGING", "VLLM_LOGGING",
@@ -157,7 +170,7 @@ class ServerProcess:
         argv = ["serve", "--host", "127.0.0.1", "--port", str(self.port), *consent, *(args or [])]
         # No warm-up (a second or two of CPU per start) but on the shared server, which tests it (test_warm_up).
         full_env = {**_caller_env(), "LLAMASERVE_MODEL_CACHE_DIR": str(CACHE_DIR), "LLAMASERVE_WARM_UP": "false",
-                    **(env or {})}
+                    **server_settings_env(os.environ.get(SERVER_SETTINGS_VAR)), **(env or {})}
         if command is None and _PRELOADED.usable(env or {}):
             self.proc = _PRELOADED.get().spawn(argv, full_env, ROOT, self.log_path)
         else:

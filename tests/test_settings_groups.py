@@ -19,6 +19,9 @@ from tests.scripted_engine import InProcess, ScriptedEngine, settings
 ENGINE_VALUES = {
     "dtype": "float16", "max_model_len": 77, "tensor_parallel_size": 2, "pipeline_parallel_size": 3,
     "gpu_memory_utilization": 0.5, "quantization": "fp8", "kv_cache_dtype": "fp8", "max_num_seqs": 3,
+    "max_num_batched_tokens": 4096, "enable_chunked_prefill": False, "enable_prefix_caching": False,
+    "long_prefill_token_threshold": 512, "speculative_config": {"method": "ngram", "num_speculative_tokens": 3},
+    "compilation_config": {"cudagraph_mode": "PIECEWISE"}, "engine_args": {"load_format": "dummy"},
     "trust_remote_code": True, "chat_template": "/templates/chat.jinja", "enforce_eager": True,
     "distributed_executor_backend": "ray", "cpu_kvcache_space_gib": 3, "seed": 7, "max_loras": 2,
     "max_lora_rank": 8, "max_cpu_loras": 4, "process_start_method": "spawn",

@@ -61,6 +61,11 @@ def local_guard_options(settings: Settings, main: EngineOptions) -> EngineOption
         gpu_memory_utilization=settings.guard_gpu_memory_utilization,
         quantization=None,
         max_num_seqs=None,
+        max_num_batched_tokens=None,
+        long_prefill_token_threshold=None,
+        # The main model's draft model and vLLM arguments (its load format, its tokenizer...) are not the guard's.
+        speculative_config=None,
+        engine_args={},
         chat_template=None,
         distributed_executor_backend=None,
         cpu_kvcache_space_gib=settings.guard_cpu_kvcache_space_gib or main.cpu_kvcache_space_gib,
