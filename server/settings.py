@@ -161,8 +161,11 @@ class Settings(BaseSettings):
     guard_check: Literal["prompt", "output", "both"] = Field("both", description="what the guard checks")
     guard_stream_interval_tokens: int = Field(32, ge=1, description="streams: tokens held back between checks")
     guard_timeout_s: float = Field(10, gt=0, description="one guard check's time limit")
+    guard_max_checks_per_key: int = Field(
+        4, ge=1, description="guard checks one API key (or client address) runs at once; its others wait their turn"
+    )
     guard_on_error: Literal["open", "closed"] = Field(
-        "open", description="guard down or slow: open passes (finish_reason content_filter_error), closed 503s"
+        "open", description="guard service down or slow: open passes (finish_reason content_filter_error), closed 503s"
     )
     guard_block_categories: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["all"], description="categories that block (S1..S14 or names), comma-separated"

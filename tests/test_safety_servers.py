@@ -95,7 +95,7 @@ def test_safe_guard_checkpoint_answers_safe_through_the_real_loader(tiny_model):
     guard = GuardEngine.start_guard(local_guard_options(settings, engine_options(settings)))
     try:
         async def judge():
-            return [await guard.classify(conversation(MESSAGES, output)) for output in (None, "an answer")]
+            return [(await guard.classify(conversation(MESSAGES, output))).text for output in (None, "an answer")]
 
         answers = asyncio.run(judge())
     finally:
