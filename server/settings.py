@@ -165,7 +165,7 @@ class Settings(BaseSettings):
         4, ge=1, description="guard checks one API key (or client address) runs at once; its others wait their turn"
     )
     guard_on_error: Literal["open", "closed"] = Field(
-        "open", description="guard service down or slow: open passes (finish_reason content_filter_error), closed 503s"
+        "open", description="guard down or slow: open passes (finish_reason content_filter_error), closed 503s"
     )
     guard_block_categories: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["all"], description="categories that block (S1..S14 or names), comma-separated"
