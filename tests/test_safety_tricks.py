@@ -260,3 +260,19 @@ def test_guard_checks_are_charged_to_the_keys_token_limit():
 
     assert run(scenario(guard_on=False)) == (200, 200)
     assert run(scenario(guard_on=True)) == (200, 429)
+
+
+def test_a_remote_guards_check_costs_the_tokens_its_reply_reports():
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"choices": [{"message": {"content": "safe"}}],
+                                         "usage": {"prompt_tokens": 410, "completion_tokens": 2, "total_tokens": 412}})
+
+    async def scenario():
+        guard = RemoteGuard("http://guard:8000", None, 2)
+        guard._client._transport = httpx.MockTransport(answer)
+        try:
+            return await guard.classify([{"role": "user", "content": "hi"}])
+        finally:
+            await guard.close()
+
+    assert run(scenario()) == GuardReply("safe", 412)
