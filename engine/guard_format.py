@@ -9,7 +9,9 @@ the LAST message's role ('User' for a prompt check, 'Agent' for an output check)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 # S-code -> (Meta's name, our name in error bodies and metrics).
 CATEGORIES: dict[str, tuple[str, str]] = {
@@ -77,13 +79,14 @@ CHAT_TEMPLATE = (
 )
 
 
-def conversation(messages: list[dict[str, str]], output: str | None = None) -> list[dict[str, str]]:
+def conversation(messages: list[dict[str, Any]], output: str | None = None) -> list[dict[str, str]]:
     """Any chat history (system, developer, tool turns...) as the strictly alternating user/assistant turns the
-    guard reads; with `output`, the model's answer is the last (assistant) turn, so the guard judges it."""
+    guard reads; with `output`, the model's answer is the last (assistant) turn, so the guard judges it.
+    Each message's tool calls follow its text (the model reads them too)."""
     turns: list[dict[str, str]] = []
     for m in [*messages, *([{"role": "assistant", "content": output}] if output is not None else [])]:
         role = "assistant" if m.get("role") == "assistant" else "user"
-        content = m.get("content") or ""
+        content = _spoken(m)
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"] += "\n\n" + content
         elif turns or role == "user":
@@ -94,11 +97,43 @@ def conversation(messages: list[dict[str, str]], output: str | None = None) -> l
     return turns
 
 
+def tool_definitions(tools: list[dict[str, Any]]) -> dict[str, str]:
+    """Tool definitions as a system message (the user's side, for the guard), each function's JSON as Llama 3.1's
+    template shows it to the model: names, descriptions, parameters and enums included."""
+    listed = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
+    return {"role": "system", "content": "Functions the assistant can call:\n" + listed}
+
+
+def _spoken(message: dict[str, Any]) -> str:
+    """A message's text followed by its tool calls, each as Llama 3's JSON tool-call format writes it."""
+    calls = [
+        json.dumps({"name": c["function"]["name"], "parameters": c["function"]["arguments"]}, ensure_ascii=False)
+        for c in message.get("tool_calls") or []
+    ]
+    return "\n".join(part for part in (message.get("content") or "", *calls) if part)
+
+
 def render_prompt(turns: list[dict[str, str]]) -> str:
     """The guard prompt for alternating `turns` (see `conversation`), as CHAT_TEMPLATE renders it."""
     role = "Agent" if turns[-1]["role"] == "assistant" else "User"
     body = "".join(f"{'User' if t['role'] == 'user' else 'Agent'}: {t['content'].strip()}\n\n" for t in turns)
     return PROMPT_HEAD.format(role=role) + body + PROMPT_TAIL.format(role=role)
+
+
+@dataclass(frozen=True)
+class GuardReply:
+    """A guard's raw answer and the tokens the check cost (its prompt and its answer)."""
+
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class GuardFit:
+    """What a guard can read: its context, and the tokens its own template and verdict take from it."""
+
+    context: int
+    overhead: int
 
 
 @dataclass(frozen=True)

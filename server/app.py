@@ -108,6 +108,8 @@ async def _load(state: ServerState, factory: EngineFactory, guard_factory: Guard
             log.info("content safety on: guard=%s, checks %s", state.settings.guard, state.settings.guard_check)
         engine = await asyncio.to_thread(factory, state.settings)
         try:
+            if state.moderator is not None:
+                await state.moderator.check_fit(engine.info.max_model_len)
             if state.settings.lora_adapters:
                 await adapters.load_configured(state.settings, engine)
             if state.settings.warm_up:

@@ -357,7 +357,7 @@ class Limits:
         timeout_s = self.request_timeout_s
         ticket = Ticket(loop.time() + timeout_s - (time.perf_counter() - exchange.started), timeout_s,
                         self.stalled_send_grace_s)
-        identity = exchange.key_id or f"addr:{exchange.client}"
+        identity = identity_of(exchange)
         if self.rates:
             try:
                 exchange.set_headers(self.rates.charge(identity, cost.tokens, cost.prompt_tokens))
@@ -383,6 +383,12 @@ class Limits:
         exchange.on_end(end)
         return ticket
 
+    def charge_used(self, exchange: Exchange, tokens: int) -> None:
+        """Takes `tokens` of work done for a request besides its generation (its guard checks) from its
+        requester's token limit, possibly below zero, so that the requester's next requests wait for it."""
+        if self.rates:
+            self.rates.settle(identity_of(exchange), 0, tokens)
+
     def expire_all(self, reason: str) -> int:
         for t in list(self.tickets):
             t.expire(reason)
@@ -394,6 +400,11 @@ class Limits:
              self.admission.running),
             ("llamaserve_requests_queued", "generation requests waiting for a slot", self.admission.waiting),
         ]
+
+
+def identity_of(exchange: Exchange) -> str:
+    """Whom the rate limits count a request against: its API key, else its client's address."""
+    return exchange.key_id or f"addr:{exchange.client}"
 
 
 def charged_tokens(job: Admissible) -> int:

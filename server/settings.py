@@ -126,6 +126,9 @@ class Settings(EngineFields, BaseSettings):
     guard_check: Literal["prompt", "output", "both"] = Field("both", description="what the guard checks")
     guard_stream_interval_tokens: int = Field(32, ge=1, description="streams: tokens held back between checks")
     guard_timeout_s: float = Field(10, gt=0, description="one guard check's time limit")
+    guard_max_checks_per_key: int = Field(
+        4, ge=1, description="guard checks one API key (or client address) runs at once; its others wait their turn"
+    )
     guard_on_error: Literal["open", "closed"] = Field(
         "open", description="guard down or slow: open passes (finish_reason content_filter_error), closed 503s"
     )

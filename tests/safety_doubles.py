@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import httpx
 
 from engine.core import ModelInfo
+from engine.guard_format import GuardFit, GuardReply
 from engine.outputs import ChoiceDelta, PromptInfo, Step
 from server.app import create_app
 from server.settings import Settings
@@ -33,7 +34,7 @@ class ScriptedEngine(BaseScriptedEngine):
         self.aborted = 0
         self.tokens_made = 0
 
-    async def encode_chat(self, messages: list[dict[str, str]], max_chars: int | None = None) -> list[int]:
+    async def encode_chat(self, messages: list[dict[str, str]], max_chars: int | None = None, tools=None) -> list[int]:
         return [ord(ch) for ch in messages[-1]["content"]]
 
     async def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -69,13 +70,19 @@ class ScriptedEngine(BaseScriptedEngine):
 
 
 class ScriptedGuard:
-    def __init__(self) -> None:
+    """Its checks cost one token per character of the conversation (as the scripted engine's prompts); `fit` is
+    its context and template, or None (unknown, as a remote guard's)."""
+
+    def __init__(self, fit: GuardFit | None = None) -> None:
         self.seen: list[list[dict[str, str]]] = []
         self.closed = False
+        self._fit = fit
 
-    async def classify(self, turns: list[dict[str, str]]) -> str:
+    async def classify(self, turns: list[dict[str, str]]) -> GuardReply:
         self.seen.append(turns)
-        text = turns[-1]["content"]
+        return GuardReply(await self._answer(turns[-1]["content"]), sum(len(t["content"]) for t in turns))
+
+    async def _answer(self, text: str) -> str:
         if "BROKEN" in text:
             raise ConnectionError("guard down")
         if "SLOW" in text:
@@ -84,6 +91,9 @@ class ScriptedGuard:
             return "I think it is fine"
         codes = [code for word, code in (("BAD", "S1"), ("HATE", "S10")) if word in text]
         return "unsafe\n" + ",".join(codes) if codes else "safe"
+
+    async def fit(self) -> GuardFit | None:
+        return self._fit
 
     async def close(self) -> None:
         self.closed = True

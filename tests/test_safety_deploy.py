@@ -32,6 +32,9 @@ def test_preset_pairs_the_8b_model_with_guard_3_1b_on_one_gpu(clean_env):
     assert s.tensor_parallel_size * s.pipeline_parallel_size == 1
     assert s.gpu_memory_utilization + s.guard_gpu_memory_utilization <= 0.9
     assert s.guard_check == "both"
+    # The guard reads every conversation the model can: its context holds the model's plus Llama Guard 3's
+    # template and verdict (about 350 tokens; the server checks the exact figure at start).
+    assert s.guard_max_model_len is not None and s.guard_max_model_len >= s.max_model_len + 512
 
 
 def test_helm_values_serve_the_preset(clean_env):

@@ -204,17 +204,15 @@ def test_failing_guard_fail_open_passes_outputs_with_content_filter_error():
             started = time.monotonic()
             broken = await client.post("/v1/chat/completions", json=chat("broken guard"))
             slow = await client.post("/v1/chat/completions", json=chat("slow guard", stream=True))
-            garbled = await client.post("/v1/chat/completions", json=chat("garble"))
             late = await client.post("/v1/chat/completions",
                                      json=chat("fine until broken", stream=True, max_tokens=8))
-            return broken, slow, garbled, late, time.monotonic() - started
+            return broken, slow, late, time.monotonic() - started
 
-    broken, slow, garbled, late, took = run(scenario())
+    broken, slow, late, took = run(scenario())
     choice = broken.json()["choices"][0]
     assert broken.status_code == 200 and choice["message"]["content"] == " BROKEN GUARD"
     assert choice["finish_reason"] == "content_filter_error"
     assert choice["content_filter_results"]["error"]["code"] == "content_filter_error"
-    assert garbled.json()["choices"][0]["finish_reason"] == "content_filter_error"
     text, chunks = stream_texts(sse_events(slow.text))
     assert text == " SLOW GUARD" and chunks[-1]["choices"][0]["finish_reason"] == "content_filter_error"
     assert "no verdict within 0.2 s" in chunks[-1]["choices"][0]["content_filter_results"]["error"]["message"]
@@ -281,7 +279,7 @@ def test_remote_guard_sends_the_conversation_to_the_guards_chat_route():
         finally:
             await guard.close()
 
-    assert run(scenario()) == "unsafe\nS11"
+    assert run(scenario()).text == "unsafe\nS11"
     path, auth, body = seen[0]
     assert path == "/v1/chat/completions" and auth == "Bearer secret"
     assert b'"messages":[{"role":"user","content":"hi"}]' in body.replace(b" ", b"")

@@ -28,6 +28,9 @@ NO_LIMITS = ["--rate-limit-rpm", "0", "--rate-limit-tpm", "0"]
 # The built-in tiny model gets these by default; a model given by path does not.
 TINY_ENGINE = ["--enforce-eager", "--cpu-kvcache-space-gib", "1", "--dtype", "bfloat16"]
 MESSAGES = [{"role": "user", "content": "hello there"}]
+# The tiny model's context is 1,024 tokens; Llama Guard 3's template and verdict take 602 of the tiny guard's.
+SHORT_GUARD_CONTEXT = 1500
+MODEL_LOAD_EXIT_CODE = 78
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,8 @@ def servers(tiny_model, unsafe_guard):
     called at request time, so the server that uses it need not wait for it): "local", the tiny model with a local
     guard that finds violence (S1) in everything, checking prompts and outputs; "guard", a llamaserve serving the
     guard model; "remote", the tiny model checking its outputs with "guard" as its remote guard (fail-open, the
-    default). Each fixture below waits for the one it gives."""
+    default); "short", a local guard whose context cannot hold the tiny model's (it must not start). Each fixture
+    below waits for the one it gives."""
     launched: list[ServerProcess] = []
     try:
         launched.append(guard := ServerProcess(["--model", str(unsafe_guard), "--served-model-name", "llama-guard",
@@ -57,7 +61,10 @@ def servers(tiny_model, unsafe_guard):
             "--guard", "remote", "--guard-url", guard.base_url, "--guard-check", "output",
             "--guard-stream-interval-tokens", "4", "--guard-timeout-s", "5", *NO_LIMITS,
         ]))
-        yield {"local": local, "guard": guard, "remote": remote}
+        launched.append(short := ServerProcess([
+            "--guard", "local", "--guard-model", str(unsafe_guard), "--guard-max-model-len", str(SHORT_GUARD_CONTEXT),
+        ]))
+        yield {"local": local, "guard": guard, "remote": remote, "short": short}
     finally:
         for srv in launched:
             srv.stop_in_background()
@@ -95,7 +102,7 @@ def test_safe_guard_checkpoint_answers_safe_through_the_real_loader(tiny_model):
     guard = GuardEngine.start_guard(local_guard_options(settings, engine_options(settings)))
     try:
         async def judge():
-            return [await guard.classify(conversation(MESSAGES, output)) for output in (None, "an answer")]
+            return [(await guard.classify(conversation(MESSAGES, output))).text for output in (None, "an answer")]
 
         answers = asyncio.run(judge())
     finally:
@@ -144,6 +151,30 @@ def test_key_whose_policy_blocks_nothing_is_served(local_server):
     # The guard did judge that output (unsafe, S1): the key's policy let it pass.
     assert metric(metrics, "llamaserve_guard_checks_total", result="unsafe", stage="output") >= 1
     assert metric(metrics, "llamaserve_guard_blocks_total", category="violence") >= 1  # the strict key's requests
+
+
+def test_a_prompt_of_special_token_ids_is_judged_not_passed(local_server):
+    """900 reserved special tokens: 900 tokens for the model, ~20,000 spelled out as text, more than the guard's
+    4,096. The guard reads the prompt as the model does, without them, and judges it."""
+    from engine.tiny_model import _build_tokenizer
+
+    tokenizer = _build_tokenizer()
+    reserved = [tokenizer.convert_tokens_to_ids(f"<|reserved_special_token_{i}|>") for i in range(3)]
+    client = openai.OpenAI(base_url=local_server.base_url + "/v1", api_key=STRICT, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="llamaserve-tiny-llama3", prompt=[reserved[i % 3] for i in range(900)],
+                                  max_tokens=4)
+    assert caught.value.code == "content_filter"
+    assert caught.value.body["innererror"]["content_filter_result"]["violence"]["filtered"] is True
+
+
+def test_a_guard_whose_context_cannot_hold_the_models_stops_the_server_naming_both(servers):
+    short = servers["short"]
+    rc = short.proc.wait(300)
+    reason = next((line for line in short.log_tail(50_000).splitlines() if "the model failed to load" in line), "")
+    assert rc == MODEL_LOAD_EXIT_CODE, short.log_tail()
+    assert f"the guard's context ({SHORT_GUARD_CONTEXT} tokens)" in reason
+    assert "the model's context (1024 tokens)" in reason
 
 
 # --- a remote guard cuts outputs

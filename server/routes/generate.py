@@ -19,7 +19,9 @@ from schemas import ChatCompletionRequest, CompletionRequest
 from server import adapters, generation, parse, respond, sse
 from server.errors import engine_error
 from server.exchange import Exchange, exchange_of
+from server.limits import identity_of
 from server.routes.docs import body_doc
+from server.safety.requesters import Requester
 from server.state import ServerState, state_of
 
 router = APIRouter(tags=["generation"])
@@ -36,7 +38,9 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
         ticket = await state.limits.admit(job, exchange)  # the slot's release and the tokens' settling: on_end
         _trace(state, exchange, job, engine)
         if state.moderator is not None:
-            job.moderation = state.moderator.for_request(job.request, job.total_choices, engine, exchange.key_id)
+            requester = Requester(identity_of(exchange), lambda tokens: state.limits.charge_used(exchange, tokens))
+            job.moderation = state.moderator.for_request(job.request, job.prompts, job.total_choices, engine,
+                                                         exchange.key_id, requester)
         # A streamed reply's frames pass through the ticket, which ends the event stream at the deadline.
         options = sse.event_stream_options(state.settings.protection.shutdown_grace_s)
         reply = respond.respond(job, engine, request, ticket.stream, **options)

@@ -1,4 +1,5 @@
-"""Where the guard runs. Both kinds answer `classify(turns) -> raw verdict text` and `close()`."""
+"""Where the guard runs. Both kinds answer `classify(turns) -> GuardReply` (raw verdict text and the tokens the
+check cost), `fit()` (what the guard can read, when known) and `close()`."""
 
 from __future__ import annotations
 
@@ -7,19 +8,31 @@ from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
+from engine.guard_format import GuardFit, GuardReply
+
 if TYPE_CHECKING:
     from engine.core import EngineOptions
     from server.settings import Settings
 
 
 class Guard(Protocol):
-    async def classify(self, turns: list[dict[str, str]]) -> str: ...
+    async def classify(self, turns: list[dict[str, str]]) -> GuardReply: ...
+
+    async def fit(self) -> GuardFit | None: ...
 
     async def close(self) -> None: ...
 
 
 class GuardUnavailable(Exception):
-    """The guard could not give a verdict (down, refused, malformed reply)."""
+    """The guard service could not give a verdict (down, overloaded, malformed reply)."""
+
+
+class GuardRefused(Exception):
+    """The guard could not judge this input (too long for it, a conversation it rejects): the request's doing."""
+
+
+# A guard deployment's answers that mean "not this input"; any other failure is the guard service's.
+_REFUSING_STATUSES = frozenset({400, 413, 422})
 
 
 class RemoteGuard:
@@ -30,21 +43,36 @@ class RemoteGuard:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
 
-    async def classify(self, turns: list[dict[str, str]]) -> str:
+    async def classify(self, turns: list[dict[str, str]]) -> GuardReply:
         body = {"messages": turns, "max_tokens": 48, "temperature": 0}
         try:
             reply = await self._client.post("/v1/chat/completions", json=body)
         except httpx.HTTPError as exc:
             raise GuardUnavailable(f"the guard at {self._client.base_url} is unreachable: {type(exc).__name__}") from exc
+        if reply.status_code in _REFUSING_STATUSES:
+            raise GuardRefused(f"the guard refused the conversation (HTTP {reply.status_code}: {_reason(reply)})")
         if reply.status_code != 200:
             raise GuardUnavailable(f"the guard answered HTTP {reply.status_code}")
         try:
-            return reply.json()["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            answer = reply.json()
+            text = answer["choices"][0]["message"]["content"] or ""
+            tokens = int((answer.get("usage") or {}).get("total_tokens") or 0)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise GuardUnavailable("the guard's reply is not a chat completion") from exc
+        return GuardReply(text, tokens)
+
+    async def fit(self) -> GuardFit | None:
+        return None  # another deployment's context: a conversation too long for it is answered 400, a refusal
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _reason(reply: httpx.Response) -> str:
+    try:
+        return str(reply.json()["error"]["message"])[:200]
+    except (ValueError, KeyError, TypeError):
+        return reply.text[:200]
 
 
 def local_guard_options(settings: Settings, main: EngineOptions) -> EngineOptions:
