@@ -36,6 +36,7 @@ from engine.errors import EngineUnavailable, InvalidGenerationRequest
 from engine.failures import engine_failure
 from engine.request import GenerationInput, Mode
 from engine.sampling import beam_step_params, to_sampling_params
+from engine.token_bytes import TokenBytes
 from engine.tool_format import detect as detect_tool_format
 
 log = logging.getLogger("llamaserve.engine")
@@ -94,6 +95,7 @@ class LlamaEngine:
         self.info = info
         self._tokenizer = llm.get_tokenizer()
         self._encode = _text_encoder(self._tokenizer)
+        self._token_bytes = TokenBytes(self._tokenizer)
         self._encode_off_loop = _text_encoder(self._tokenizer, off_loop=True)
         self._chat = ChatEncoder(self._tokenizer, chat_template)
         # Long texts are tokenised here, off the event loop; half the cores, so the loop and the engine keep theirs.
@@ -265,10 +267,10 @@ class LlamaEngine:
         prompt = outputs.PromptInfo(token_ids=prompt_ids)
         completion_tokens = 0
         async for out in self._generate(prompt_ids, params, request_id, gen.adapter):
-            choices = [_choice(c, self._tokenizer) for c in out.outputs]
+            choices = [_choice(c, self._tokenizer, self._token_bytes) for c in out.outputs]
             completion_tokens += sum(len(c.token_ids) for c in choices)
             if out.prompt_logprobs is not None and prompt.logprobs is None:
-                prompt.logprobs = _prompt_logprobs(out, self._tokenizer)
+                prompt.logprobs = _prompt_logprobs(out, self._tokenizer, self._token_bytes)
             yield outputs.Step(choices, prompt, completion_tokens, out.finished)
 
     async def complete(self, prompt_ids: list[int], gen: GenerationInput, request_id: str) -> outputs.Step:
@@ -288,8 +290,8 @@ class LlamaEngine:
             if gen.logprobs is None:
                 for c in candidates:
                     c.logprobs = None
-        choices = [_choice(c, self._tokenizer) for c in candidates]
-        prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer))
+        choices = [_choice(c, self._tokenizer, self._token_bytes) for c in candidates]
+        prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer, self._token_bytes))
         return outputs.Step(choices, prompt, completion_tokens, finished=True)
 
     async def warm_up(self) -> None:
@@ -322,7 +324,7 @@ class LlamaEngine:
                 token_ids=b.tokens,
                 logprobs=None
                 if gen.logprobs is None
-                else [_token_logprob(t, alts, self._tokenizer, gen.logprobs) for t, alts in zip(b.tokens, b.steps)],
+                else [_token_logprob(t, alts, self._tokenizer, self._token_bytes, gen.logprobs) for t, alts in zip(b.tokens, b.steps)],
                 finish_reason=b.finish_reason,
                 cumulative_logprob=b.cum_logprob,
             )
@@ -371,7 +373,7 @@ def _text_encoder(tokenizer: Any, off_loop: bool = False) -> Callable[[str, bool
     return lambda text, add_special_tokens: backend.encode(text, add_special_tokens=add_special_tokens).ids
 
 
-def _choice(c: CompletionOutput, tokenizer: Any) -> outputs.ChoiceDelta:
+def _choice(c: CompletionOutput, tokenizer: Any, token_bytes: TokenBytes) -> outputs.ChoiceDelta:
     text = c.text
     if isinstance(c.stop_reason, int):
         # The contract keeps a stop_token_ids token in the text unless it is special; vLLM drops it.
@@ -380,13 +382,14 @@ def _choice(c: CompletionOutput, tokenizer: Any) -> outputs.ChoiceDelta:
         index=c.index,
         text=text,
         token_ids=list(c.token_ids),
-        logprobs=None if c.logprobs is None else [_token_logprob(tid, lp, tokenizer) for tid, lp in zip(c.token_ids, c.logprobs)],
+        logprobs=None if c.logprobs is None else [_token_logprob(tid, lp, tokenizer, token_bytes) for tid, lp in zip(c.token_ids, c.logprobs)],
         finish_reason=c.finish_reason,
         cumulative_logprob=c.cumulative_logprob,
     )
 
 
-def _token_logprob(token_id: int, candidates: dict, tokenizer: Any, k: int | None = None) -> outputs.TokenLogprob:
+def _token_logprob(token_id: int, candidates: dict, tokenizer: Any, token_bytes: TokenBytes,
+                   k: int | None = None) -> outputs.TokenLogprob:
     chosen = candidates[token_id]
     # vLLM keeps the top k plus the sampled token; rank orders them (the sampled one may rank below k).
     ranked = sorted(candidates.items(), key=lambda item: item[1].rank or 0)
@@ -396,7 +399,8 @@ def _token_logprob(token_id: int, candidates: dict, tokenizer: Any, k: int | Non
         token=_token_text(token_id, chosen, tokenizer),
         token_id=token_id,
         logprob=chosen.logprob,
-        top=[(_token_text(tid, lp, tokenizer), lp.logprob) for tid, lp in ranked],
+        top=[(_token_text(tid, lp, tokenizer), lp.logprob, token_bytes(tid)) for tid, lp in ranked],
+        token_bytes=token_bytes(token_id),
     )
 
 
@@ -406,13 +410,13 @@ def _token_text(token_id: int, lp: Any, tokenizer: Any) -> str:
     return tokenizer.decode([token_id])
 
 
-def _prompt_logprobs(out: RequestOutput, tokenizer: Any) -> list[outputs.TokenLogprob] | None:
+def _prompt_logprobs(out: RequestOutput, tokenizer: Any, token_bytes: TokenBytes) -> list[outputs.TokenLogprob] | None:
     if out.prompt_logprobs is None:
         return None
     return [
-        outputs.TokenLogprob(tokenizer.decode([tid]), tid, None, [])
+        outputs.TokenLogprob(tokenizer.decode([tid]), tid, None, [], token_bytes(tid))
         if candidates is None
-        else _token_logprob(tid, candidates, tokenizer)
+        else _token_logprob(tid, candidates, tokenizer, token_bytes)
         for tid, candidates in zip(out.prompt_token_ids or [], out.prompt_logprobs)
     ]
 
