@@ -330,9 +330,8 @@ class LlamaEngine:
             )
             for i, b in enumerate(beams[: gen.n])
         ]
-        return outputs.Step(
-            choices, outputs.PromptInfo(prompt_ids), sum(len(c.token_ids) for c in choices), finished=True
-        )
+        # Every beam's tokens were generated, as best_of's candidates are: usage and charges count them all.
+        return outputs.Step(choices, outputs.PromptInfo(prompt_ids), steps.generated_tokens, finished=True)
 
     async def _generate(self, prompt_ids: list[int], params: Any, request_id: str,
                         adapter: adapters.Adapter | None = None) -> AsyncIterator[RequestOutput]:
