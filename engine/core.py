@@ -271,7 +271,7 @@ class LlamaEngine:
             completion_tokens += sum(len(c.token_ids) for c in choices)
             if out.prompt_logprobs is not None and prompt.logprobs is None:
                 prompt.logprobs = _prompt_logprobs(out, self._tokenizer, self._token_bytes)
-            yield outputs.Step(choices, prompt, completion_tokens, out.finished)
+            yield outputs.Step(choices, prompt, completion_tokens, out.finished, cached_tokens=out.num_cached_tokens or 0)
 
     async def complete(self, prompt_ids: list[int], gen: GenerationInput, request_id: str) -> outputs.Step:
         """All choices at once; with best_of > n, the n best candidates by mean token logprob."""
@@ -292,7 +292,7 @@ class LlamaEngine:
                     c.logprobs = None
         choices = [_choice(c, self._tokenizer, self._token_bytes) for c in candidates]
         prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer, self._token_bytes))
-        return outputs.Step(choices, prompt, completion_tokens, finished=True)
+        return outputs.Step(choices, prompt, completion_tokens, finished=True, cached_tokens=final.num_cached_tokens or 0)
 
     async def warm_up(self) -> None:
         """One token with its logprob: the first request with logprobs (logprobs, best_of, beam search) in an

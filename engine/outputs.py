@@ -44,3 +44,4 @@ class Step:
     completion_tokens: int = 0
     finished: bool = False
     extra: dict = field(default_factory=dict)
+    cached_tokens: int = 0  # prompt tokens the engine's prefix cache held (no prefill spent on them)

@@ -85,6 +85,10 @@ class Metrics:
         self.completion_tokens = Counter(
             "llamaserve_completion_tokens", "tokens generated for finished or cut-off requests", registry=r
         )
+        self.cached_prompt_tokens = Counter(
+            "llamaserve_cached_prompt_tokens", "prompt tokens the engine's prefix cache held (counted in prompt_tokens)",
+            registry=r,
+        )
         self.adapter_requests = Counter(
             "llamaserve_adapter_requests", "generation requests on a LoRA adapter", ["model"], registry=r
         )
@@ -116,10 +120,12 @@ class Trace:
         self._exchange = exchange
         self._last: float | None = None
         self._per_prompt: dict[int, int] = {}
+        self._cached: dict[int, int] = {}  # per prompt, the prefix cache's hit
         self._texts: dict[int, list[str]] | None = {} if keep_text else None
 
     def step(self, prompt_index: int, step: Step) -> None:
         """A streamed engine step (before its choice indices are shifted by the prompt index)."""
+        self._cached[prompt_index] = max(self._cached.get(prompt_index, 0), step.cached_tokens)
         new_tokens = step.completion_tokens - self._per_prompt.get(prompt_index, 0)
         if new_tokens:
             now = time.perf_counter()
@@ -136,6 +142,7 @@ class Trace:
 
     def full(self, steps: list[Step]) -> None:
         self._exchange.completion_tokens = sum(s.completion_tokens for s in steps)
+        self._cached = {p: s.cached_tokens for p, s in enumerate(steps)}
         if self._texts is not None:
             for p, s in enumerate(steps):
                 for c in s.choices:
@@ -145,6 +152,7 @@ class Trace:
         ex = self._exchange
         self._metrics.prompt_tokens.inc(ex.prompt_tokens or 0)
         self._metrics.completion_tokens.inc(ex.completion_tokens or 0)
+        self._metrics.cached_prompt_tokens.inc(sum(self._cached.values()))
         if self._adapter is not None:
             m = self._metrics
             m.adapter_requests.labels(self._adapter).inc()
