@@ -19,7 +19,7 @@ from server.content_type import JsonBodyMiddleware
 from server.lifecycle import MODEL_LOAD_EXIT_CODE
 from server.limits import BodyLimitMiddleware
 from server.observability import RequestContextMiddleware
-from server.security import ApiKeyMiddleware, load_keyring, warn_if_open
+from server.security import ApiKeyMiddleware, KeyRing, load_keyring, warn_if_open
 from schemas import ChatCompletionRequest, CompletionRequest
 from schemas.adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
@@ -151,6 +151,8 @@ def _protect(app: FastAPI, state: ServerState) -> None:
     protection = state.settings.protection
     app.add_middleware(BodyLimitMiddleware, max_bytes=protection.max_request_bytes, timeout_s=protection.body_timeout_s)
     app.add_middleware(JsonBodyMiddleware)
-    app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_require_key=protection.metrics_require_key)
+    admin_keys = KeyRing([k.get_secret_value() for k in state.settings.admin_api_keys])
+    app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_require_key=protection.metrics_require_key,
+                       admin_keys=admin_keys)
     # added last: runs first
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics, log_prompts=state.settings.log_prompts)

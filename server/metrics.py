@@ -7,6 +7,7 @@ prometheus_client's global REGISTRY in this process, so rendering both shows the
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from bisect import bisect_left
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.registry import Collector
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -23,6 +25,32 @@ if TYPE_CHECKING:
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+# Series that exist to name LoRA adapters (ours by `model`, vLLM's by its running and waiting lists): only an
+# admin reader sees them, since a tenant must not learn of another tenant's fine-tune.
+ADAPTER_FAMILIES = frozenset({"llamaserve_adapter_requests", "llamaserve_adapter_prompt_tokens",
+                              "llamaserve_adapter_completion_tokens", "vllm:lora_requests_info"})
+
+
+class _WithoutAdapters:
+    """A registry's families less the adapter families and any sample with an adapter's name in a label."""
+
+    def __init__(self, registry: Collector, names: set[str]):
+        self._registry, self._names = registry, names
+
+    def collect(self) -> Iterable:
+        for family in self._registry.collect():
+            if family.name in ADAPTER_FAMILIES:
+                continue
+            kept = [s for s in family.samples if not any(self._names_one(v) for v in s.labels.values())]
+            if len(kept) != len(family.samples):
+                family = copy.copy(family)
+                family.samples = kept
+            yield family
+
+    def _names_one(self, value: str) -> bool:
+        return value in self._names or any(part in self._names for part in value.split(","))
 
 
 class _Gauges:
@@ -103,8 +131,12 @@ class Metrics:
         """Adds gauges computed at scrape time from (name, help, value) readings."""
         self.registry.register(_Gauges(readings))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry) + generate_latest(REGISTRY)
+    def render(self, hide_adapters: set[str] | None = None) -> bytes:
+        """Every series; with `hide_adapters`, none that names an adapter (those names, or any adapter family)."""
+        if hide_adapters is None:
+            return generate_latest(self.registry) + generate_latest(REGISTRY)
+        return (generate_latest(_WithoutAdapters(self.registry, hide_adapters))
+                + generate_latest(_WithoutAdapters(REGISTRY, hide_adapters)))
 
     def trace(self, exchange: Exchange, keep_text: bool, adapter: str | None = None) -> Trace:
         """Follows an admitted generation request; its counts reach the metrics and access log at `finish`."""
