@@ -23,12 +23,12 @@ from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMError
 from vllm.inputs.engine import tokens_input
 from vllm.lora.request import LoRARequest
-from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.outputs import RequestOutput
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.executor import Executor
 
-from engine import adapters, best_of, lifeline, outputs, processes
+from engine import adapters, best_of, lifeline, outputs, processes, results
 from engine.beam_search import beam_search
 from engine.beam_steps import EngineSteps
 from engine.chat_encoding import ChatEncoder
@@ -267,10 +267,10 @@ class LlamaEngine:
         prompt = outputs.PromptInfo(token_ids=prompt_ids)
         completion_tokens = 0
         async for out in self._generate(prompt_ids, params, request_id, gen.adapter):
-            choices = [_choice(c, self._tokenizer, self._token_bytes) for c in out.outputs]
+            choices = [results.choice(c, self._tokenizer, self._token_bytes) for c in out.outputs]
             completion_tokens += sum(len(c.token_ids) for c in choices)
             if out.prompt_logprobs is not None and prompt.logprobs is None:
-                prompt.logprobs = _prompt_logprobs(out, self._tokenizer, self._token_bytes)
+                prompt.logprobs = results.prompt_logprobs(out, self._tokenizer, self._token_bytes)
             yield outputs.Step(choices, prompt, completion_tokens, out.finished, cached_tokens=out.num_cached_tokens or 0)
 
     async def complete(self, prompt_ids: list[int], gen: GenerationInput, request_id: str) -> outputs.Step:
@@ -290,8 +290,8 @@ class LlamaEngine:
             if gen.logprobs is None:
                 for c in candidates:
                     c.logprobs = None
-        choices = [_choice(c, self._tokenizer, self._token_bytes) for c in candidates]
-        prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer, self._token_bytes))
+        choices = [results.choice(c, self._tokenizer, self._token_bytes) for c in candidates]
+        prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=results.prompt_logprobs(final, self._tokenizer, self._token_bytes))
         return outputs.Step(choices, prompt, completion_tokens, finished=True, cached_tokens=final.num_cached_tokens or 0)
 
     async def warm_up(self) -> None:
@@ -324,7 +324,7 @@ class LlamaEngine:
                 token_ids=b.tokens,
                 logprobs=None
                 if gen.logprobs is None
-                else [_token_logprob(t, alts, self._tokenizer, self._token_bytes, gen.logprobs) for t, alts in zip(b.tokens, b.steps)],
+                else [results.token_logprob(t, alts, self._tokenizer, self._token_bytes, gen.logprobs) for t, alts in zip(b.tokens, b.steps)],
                 finish_reason=b.finish_reason,
                 cumulative_logprob=b.cum_logprob,
             )
@@ -370,54 +370,6 @@ def _text_encoder(tokenizer: Any, off_loop: bool = False) -> Callable[[str, bool
     if off_loop:
         return lambda text, add_special_tokens: backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
     return lambda text, add_special_tokens: backend.encode(text, add_special_tokens=add_special_tokens).ids
-
-
-def _choice(c: CompletionOutput, tokenizer: Any, token_bytes: TokenBytes) -> outputs.ChoiceDelta:
-    text = c.text
-    if isinstance(c.stop_reason, int):
-        # The contract keeps a stop_token_ids token in the text unless it is special; vLLM drops it.
-        text += tokenizer.decode([c.stop_reason], skip_special_tokens=True)
-    return outputs.ChoiceDelta(
-        index=c.index,
-        text=text,
-        token_ids=list(c.token_ids),
-        logprobs=None if c.logprobs is None else [_token_logprob(tid, lp, tokenizer, token_bytes) for tid, lp in zip(c.token_ids, c.logprobs)],
-        finish_reason=c.finish_reason,
-        cumulative_logprob=c.cumulative_logprob,
-    )
-
-
-def _token_logprob(token_id: int, candidates: dict, tokenizer: Any, token_bytes: TokenBytes,
-                   k: int | None = None) -> outputs.TokenLogprob:
-    chosen = candidates[token_id]
-    # vLLM keeps the top k plus the sampled token; rank orders them (the sampled one may rank below k).
-    ranked = sorted(candidates.items(), key=lambda item: item[1].rank or 0)
-    if k is not None:  # candidates hold more than the client asked for (beam search)
-        ranked = [(t, lp) for i, (t, lp) in enumerate(ranked) if i < k or t == token_id]
-    return outputs.TokenLogprob(
-        token=_token_text(token_id, chosen, tokenizer),
-        token_id=token_id,
-        logprob=chosen.logprob,
-        top=[(_token_text(tid, lp, tokenizer), lp.logprob, token_bytes(tid)) for tid, lp in ranked],
-        token_bytes=token_bytes(token_id),
-    )
-
-
-def _token_text(token_id: int, lp: Any, tokenizer: Any) -> str:
-    if lp.decoded_token is not None:
-        return lp.decoded_token
-    return tokenizer.decode([token_id])
-
-
-def _prompt_logprobs(out: RequestOutput, tokenizer: Any, token_bytes: TokenBytes) -> list[outputs.TokenLogprob] | None:
-    if out.prompt_logprobs is None:
-        return None
-    return [
-        outputs.TokenLogprob(tokenizer.decode([tid]), tid, None, [], token_bytes(tid))
-        if candidates is None
-        else _token_logprob(tid, candidates, tokenizer, token_bytes)
-        for tid, candidates in zip(out.prompt_token_ids or [], out.prompt_logprobs)
-    ]
 
 
 def _eos_ids(llm: AsyncLLM, tokenizer: Any) -> set[int]:

@@ -59,3 +59,18 @@ def test_legacy_logprobs_name_the_sampled_fragment_as_in_its_alternatives():
     rendered = CompletionFlavor()._legacy([lp], 0)
     assert rendered["tokens"] == ["bytes:\\xe2"]
     assert rendered["top_logprobs"] == [{"bytes:\\xe2": -0.5, "bytes:\\x98": -0.7}]
+
+
+class _SentencePieceVocabulary:
+    """A SentencePiece-style tokenizer (Llama 2): byte tokens are `<0xNN>`, a leading space is `▁`."""
+
+    all_special_ids = [0]
+    pieces = {0: "<s>", 1: "<0xE2>", 2: "▁the", 3: "llama"}
+
+    def convert_ids_to_tokens(self, token_id: int) -> str:
+        return self.pieces[token_id]
+
+
+def test_sentencepiece_byte_tokens_and_spaces():
+    token_bytes = TokenBytes(_SentencePieceVocabulary())
+    assert [token_bytes(i) for i in range(4)] == [b"<s>", b"\xe2", b" the", b"llama"]
