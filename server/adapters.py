@@ -146,9 +146,9 @@ def model_card(adapter: Adapter, engine: LlamaEngine, *, show_root: bool) -> dic
     return card
 
 
-def all_names(settings: Settings, engine: LlamaEngine) -> set[str]:
-    """Every adapter name the server knows: loaded, configured, or named in an allow-list."""
-    names = {a.name for a in engine.adapters.all()} | set(settings.lora_adapters)
+def all_names(settings: Settings, engine: LlamaEngine | None) -> set[str]:
+    """Every adapter name the server knows: loaded (once the engine is), configured, or named in an allow-list."""
+    names = set(settings.lora_adapters) | ({a.name for a in engine.adapters.all()} if engine is not None else set())
     for listed in settings.lora_access.values():
         names.update(listed)
     return names

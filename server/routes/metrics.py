@@ -21,6 +21,5 @@ async def metrics(request: Request) -> Response:
     state = state_of(request)
     if state.settings.protection.metrics_require_key and is_admin(exchange_of(request).key_id):
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-    hidden = adapters.all_names(state.settings, state.engine) if state.engine is not None else set(
-        state.settings.lora_adapters)
+    hidden = adapters.all_names(state.settings, state.engine)
     return Response(state.metrics.render(hide_adapters=hidden), media_type=CONTENT_TYPE_LATEST)
