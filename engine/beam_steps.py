@@ -79,10 +79,13 @@ class EngineSteps:
         # Running requests by the generated tokens their next output follows.
         self._following: dict[tuple[int, ...], _Stream] = {}
         self._open: dict[str, _Stream] = {}  # every request not known to be finished, for close()
+        # Tokens generated for the search: one per live beam per step, whichever beams survive it.
+        self.generated_tokens = 0
 
     async def __call__(self, generated: list[list[int]]) -> list[dict[int, Any]]:
         if self._llm.errored:
             raise EngineUnavailable("the engine is not running")
+        self.generated_tokens += len(generated)
         try:
             return await self._step(generated)
         except (VLLMError, ValueError) as exc:

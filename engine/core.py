@@ -22,11 +22,11 @@ import vllm.envs
 from vllm.exceptions import VLLMError
 from vllm.inputs.engine import tokens_input
 from vllm.lora.request import LoRARequest
-from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.executor import Executor
 
-from engine import adapters, best_of, engine_config, lifeline, outputs, processes
+from engine import adapters, best_of, engine_config, lifeline, outputs, processes, results
 from engine.beam_search import beam_search
 from engine.beam_steps import EngineSteps
 from engine.chat_encoding import ChatEncoder
@@ -35,6 +35,7 @@ from engine.failures import engine_failure
 from engine.options import EngineOptions
 from engine.request import GenerationInput, Mode
 from engine.sampling import beam_step_params, to_sampling_params
+from engine.token_bytes import TokenBytes
 from engine.tool_format import detect as detect_tool_format
 
 log = logging.getLogger("llamaserve.engine")
@@ -66,6 +67,7 @@ class LlamaEngine:
         self.info = info
         self._tokenizer = llm.get_tokenizer()
         self._encode = _text_encoder(self._tokenizer)
+        self._token_bytes = TokenBytes(self._tokenizer)
         self._encode_off_loop = _text_encoder(self._tokenizer, off_loop=True)
         self._chat = ChatEncoder(self._tokenizer, chat_template)
         # Long texts are tokenised here, off the event loop; half the cores, so the loop and the engine keep theirs.
@@ -214,11 +216,11 @@ class LlamaEngine:
         prompt = outputs.PromptInfo(token_ids=prompt_ids)
         completion_tokens = 0
         async for out in self._generate(prompt_ids, params, request_id, gen.adapter):
-            choices = [_choice(c, self._tokenizer) for c in out.outputs]
+            choices = [results.choice(c, self._tokenizer, self._token_bytes) for c in out.outputs]
             completion_tokens += sum(len(c.token_ids) for c in choices)
             if out.prompt_logprobs is not None and prompt.logprobs is None:
-                prompt.logprobs = _prompt_logprobs(out, self._tokenizer)
-            yield outputs.Step(choices, prompt, completion_tokens, out.finished)
+                prompt.logprobs = results.prompt_logprobs(out, self._tokenizer, self._token_bytes)
+            yield outputs.Step(choices, prompt, completion_tokens, out.finished, cached_tokens=out.num_cached_tokens or 0)
 
     async def complete(self, prompt_ids: list[int], gen: GenerationInput, request_id: str) -> outputs.Step:
         """All choices at once; with best_of > n, the n best candidates by mean token logprob."""
@@ -237,9 +239,9 @@ class LlamaEngine:
             if gen.logprobs is None:
                 for c in candidates:
                     c.logprobs = None
-        choices = [_choice(c, self._tokenizer) for c in candidates]
-        prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=_prompt_logprobs(final, self._tokenizer))
-        return outputs.Step(choices, prompt, completion_tokens, finished=True)
+        choices = [results.choice(c, self._tokenizer, self._token_bytes) for c in candidates]
+        prompt = outputs.PromptInfo(token_ids=prompt_ids, logprobs=results.prompt_logprobs(final, self._tokenizer, self._token_bytes))
+        return outputs.Step(choices, prompt, completion_tokens, finished=True, cached_tokens=final.num_cached_tokens or 0)
 
     async def warm_up(self) -> None:
         """One token with its logprob: the first request with logprobs (logprobs, best_of, beam search) in an
@@ -271,15 +273,14 @@ class LlamaEngine:
                 token_ids=b.tokens,
                 logprobs=None
                 if gen.logprobs is None
-                else [_token_logprob(t, alts, self._tokenizer, gen.logprobs) for t, alts in zip(b.tokens, b.steps)],
+                else [results.token_logprob(t, alts, self._tokenizer, self._token_bytes, gen.logprobs) for t, alts in zip(b.tokens, b.steps)],
                 finish_reason=b.finish_reason,
                 cumulative_logprob=b.cum_logprob,
             )
             for i, b in enumerate(beams[: gen.n])
         ]
-        return outputs.Step(
-            choices, outputs.PromptInfo(prompt_ids), sum(len(c.token_ids) for c in choices), finished=True
-        )
+        # Every beam's tokens were generated, as best_of's candidates are: usage and charges count them all.
+        return outputs.Step(choices, outputs.PromptInfo(prompt_ids), steps.generated_tokens, finished=True)
 
     async def _generate(self, prompt_ids: list[int], params: Any, request_id: str,
                         adapter: adapters.Adapter | None = None) -> AsyncIterator[RequestOutput]:
@@ -318,52 +319,6 @@ def _text_encoder(tokenizer: Any, off_loop: bool = False) -> Callable[[str, bool
     if off_loop:
         return lambda text, add_special_tokens: backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
     return lambda text, add_special_tokens: backend.encode(text, add_special_tokens=add_special_tokens).ids
-
-
-def _choice(c: CompletionOutput, tokenizer: Any) -> outputs.ChoiceDelta:
-    text = c.text
-    if isinstance(c.stop_reason, int):
-        # The contract keeps a stop_token_ids token in the text unless it is special; vLLM drops it.
-        text += tokenizer.decode([c.stop_reason], skip_special_tokens=True)
-    return outputs.ChoiceDelta(
-        index=c.index,
-        text=text,
-        token_ids=list(c.token_ids),
-        logprobs=None if c.logprobs is None else [_token_logprob(tid, lp, tokenizer) for tid, lp in zip(c.token_ids, c.logprobs)],
-        finish_reason=c.finish_reason,
-        cumulative_logprob=c.cumulative_logprob,
-    )
-
-
-def _token_logprob(token_id: int, candidates: dict, tokenizer: Any, k: int | None = None) -> outputs.TokenLogprob:
-    chosen = candidates[token_id]
-    # vLLM keeps the top k plus the sampled token; rank orders them (the sampled one may rank below k).
-    ranked = sorted(candidates.items(), key=lambda item: item[1].rank or 0)
-    if k is not None:  # candidates hold more than the client asked for (beam search)
-        ranked = [(t, lp) for i, (t, lp) in enumerate(ranked) if i < k or t == token_id]
-    return outputs.TokenLogprob(
-        token=_token_text(token_id, chosen, tokenizer),
-        token_id=token_id,
-        logprob=chosen.logprob,
-        top=[(_token_text(tid, lp, tokenizer), lp.logprob) for tid, lp in ranked],
-    )
-
-
-def _token_text(token_id: int, lp: Any, tokenizer: Any) -> str:
-    if lp.decoded_token is not None:
-        return lp.decoded_token
-    return tokenizer.decode([token_id])
-
-
-def _prompt_logprobs(out: RequestOutput, tokenizer: Any) -> list[outputs.TokenLogprob] | None:
-    if out.prompt_logprobs is None:
-        return None
-    return [
-        outputs.TokenLogprob(tokenizer.decode([tid]), tid, None, [])
-        if candidates is None
-        else _token_logprob(tid, candidates, tokenizer)
-        for tid, candidates in zip(out.prompt_token_ids or [], out.prompt_logprobs)
-    ]
 
 
 def _eos_ids(llm: AsyncLLM, tokenizer: Any) -> set[int]:

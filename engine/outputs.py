@@ -10,8 +10,10 @@ class TokenLogprob:
     token: str
     token_id: int
     logprob: float | None  # None only for a prompt's first token, which nothing precedes
-    # The k most likely alternatives at this position, most likely first: (token text, logprob).
-    top: list[tuple[str, float]]
+    # The k most likely alternatives at this position, most likely first: (token text, logprob, token bytes).
+    top: list[tuple[str, float, bytes]]
+    # What the token stands for (engine/token_bytes.py): a fragment of a UTF-8 character has no text of its own.
+    token_bytes: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -42,3 +44,4 @@ class Step:
     completion_tokens: int = 0
     finished: bool = False
     extra: dict = field(default_factory=dict)
+    cached_tokens: int = 0  # prompt tokens the engine's prefix cache held (no prefill spent on them)

@@ -24,7 +24,7 @@ from engine.errors import EngineUnavailable
 from server.errors import APIError
 from server.model_source import AZUREML_MODEL_DIR
 from server.exchange import exchange_of
-from server.security import KeyRing, key_id, presented_keys
+from server.security import ADMIN_KEY_PREFIX, KeyRing, key_id, presented_keys
 from server.settings import Settings
 
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -103,7 +103,7 @@ def require_admin(settings: Settings, request: Request) -> None:
     presented = presented_keys(request.headers)
     match = next((k for k in presented if admin.matches(k)), None)
     if match is not None:
-        exchange_of(request).key_id = "admin:" + key_id(match)
+        exchange_of(request).key_id = ADMIN_KEY_PREFIX + key_id(match)
         return
     if not presented:
         raise APIError(401, "Missing admin key: send `Authorization: Bearer <admin key>`", code="invalid_api_key",
@@ -136,7 +136,19 @@ def visible(settings: Settings, caller: str | None, engine: LlamaEngine) -> list
     return [a for a in engine.adapters.all() if names is None or a.name in names]
 
 
-def model_card(adapter: Adapter, engine: LlamaEngine) -> dict:
-    """Like vLLM's: `parent` is the base model's id; `root` where the weights came from."""
-    return {"id": adapter.name, "object": "model", "created": adapter.created, "owned_by": engine.info.provider.lower(),
-            "root": adapter.source, "parent": engine.info.name, "max_model_len": engine.info.max_model_len}
+def model_card(adapter: Adapter, engine: LlamaEngine, *, show_root: bool) -> dict:
+    """Like vLLM's: `parent` is the base model's id; `root` where the weights came from, for admins only (a
+    filesystem path or hub id tells a tenant about the host and the fine-tune)."""
+    card = {"id": adapter.name, "object": "model", "created": adapter.created, "owned_by": engine.info.provider.lower(),
+            "parent": engine.info.name, "max_model_len": engine.info.max_model_len}
+    if show_root:
+        card["root"] = adapter.source
+    return card
+
+
+def all_names(settings: Settings, engine: LlamaEngine | None) -> set[str]:
+    """Every adapter name the server knows: loaded (once the engine is), configured, or named in an allow-list."""
+    names = set(settings.lora_adapters) | ({a.name for a in engine.adapters.all()} if engine is not None else set())
+    for listed in settings.lora_access.values():
+        names.update(listed)
+    return names

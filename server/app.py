@@ -15,10 +15,11 @@ from fastapi import FastAPI
 from engine.core import EngineOptions, LlamaEngine, cache_vllm_environment
 from server import adapters, errors, model_source
 from server.adapter_settings import lora_enabled
+from server.content_type import JsonBodyMiddleware
 from server.lifecycle import MODEL_LOAD_EXIT_CODE
 from server.limits import BodyLimitMiddleware
 from server.observability import RequestContextMiddleware
-from server.security import ApiKeyMiddleware, load_keyring, warn_if_open
+from server.security import ApiKeyMiddleware, KeyRing, load_keyring, warn_if_open
 from schemas import ChatCompletionRequest, CompletionRequest
 from schemas.adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
@@ -162,11 +163,14 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
 
 
 def _protect(app: FastAPI, state: ServerState) -> None:
-    """Outermost first: request id and access log, then the key check, then the body size limit."""
+    """Outermost first: request id and access log, then the key check, then the body's media type and size."""
     keys = load_keyring(state.settings)  # keys asked for but none given: refuses, never serves open
     warn_if_open(keys)
     protection = state.settings.protection
     app.add_middleware(BodyLimitMiddleware, max_bytes=protection.max_request_bytes, timeout_s=protection.body_timeout_s)
-    app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_require_key=protection.metrics_require_key)
+    app.add_middleware(JsonBodyMiddleware)
+    admin_keys = KeyRing([k.get_secret_value() for k in state.settings.admin_api_keys])
+    app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_require_key=protection.metrics_require_key,
+                       admin_keys=admin_keys)
     # added last: runs first
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics, log_prompts=state.settings.log_prompts)

@@ -7,6 +7,7 @@ prometheus_client's global REGISTRY in this process, so rendering both shows the
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from bisect import bisect_left
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.registry import Collector
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -23,6 +25,32 @@ if TYPE_CHECKING:
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+# Series that exist to name LoRA adapters (ours by `model`, vLLM's by its running and waiting lists): only an
+# admin reader sees them, since a tenant must not learn of another tenant's fine-tune.
+ADAPTER_FAMILIES = frozenset({"llamaserve_adapter_requests", "llamaserve_adapter_prompt_tokens",
+                              "llamaserve_adapter_completion_tokens", "vllm:lora_requests_info"})
+
+
+class _WithoutAdapters:
+    """A registry's families less the adapter families and any sample with an adapter's name in a label."""
+
+    def __init__(self, registry: Collector, names: set[str]):
+        self._registry, self._names = registry, names
+
+    def collect(self) -> Iterable:
+        for family in self._registry.collect():
+            if family.name in ADAPTER_FAMILIES:
+                continue
+            kept = [s for s in family.samples if not any(self._names_one(v) for v in s.labels.values())]
+            if len(kept) != len(family.samples):
+                family = copy.copy(family)
+                family.samples = kept
+            yield family
+
+    def _names_one(self, value: str) -> bool:
+        return value in self._names or any(part in self._names for part in value.split(","))
 
 
 class _Gauges:
@@ -85,6 +113,10 @@ class Metrics:
         self.completion_tokens = Counter(
             "llamaserve_completion_tokens", "tokens generated for finished or cut-off requests", registry=r
         )
+        self.cached_prompt_tokens = Counter(
+            "llamaserve_cached_prompt_tokens", "prompt tokens the engine's prefix cache held (counted in prompt_tokens)",
+            registry=r,
+        )
         self.adapter_requests = Counter(
             "llamaserve_adapter_requests", "generation requests on a LoRA adapter", ["model"], registry=r
         )
@@ -99,8 +131,12 @@ class Metrics:
         """Adds gauges computed at scrape time from (name, help, value) readings."""
         self.registry.register(_Gauges(readings))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry) + generate_latest(REGISTRY)
+    def render(self, hide_adapters: set[str] | None = None) -> bytes:
+        """Every series; with `hide_adapters`, none that names an adapter (those names, or any adapter family)."""
+        if hide_adapters is None:
+            return generate_latest(self.registry) + generate_latest(REGISTRY)
+        return (generate_latest(_WithoutAdapters(self.registry, hide_adapters))
+                + generate_latest(_WithoutAdapters(REGISTRY, hide_adapters)))
 
     def trace(self, exchange: Exchange, keep_text: bool, adapter: str | None = None) -> Trace:
         """Follows an admitted generation request; its counts reach the metrics and access log at `finish`."""
@@ -116,10 +152,12 @@ class Trace:
         self._exchange = exchange
         self._last: float | None = None
         self._per_prompt: dict[int, int] = {}
+        self._cached: dict[int, int] = {}  # per prompt, the prefix cache's hit
         self._texts: dict[int, list[str]] | None = {} if keep_text else None
 
     def step(self, prompt_index: int, step: Step) -> None:
         """A streamed engine step (before its choice indices are shifted by the prompt index)."""
+        self._cached[prompt_index] = max(self._cached.get(prompt_index, 0), step.cached_tokens)
         new_tokens = step.completion_tokens - self._per_prompt.get(prompt_index, 0)
         if new_tokens:
             now = time.perf_counter()
@@ -136,6 +174,7 @@ class Trace:
 
     def full(self, steps: list[Step]) -> None:
         self._exchange.completion_tokens = sum(s.completion_tokens for s in steps)
+        self._cached = {p: s.cached_tokens for p, s in enumerate(steps)}
         if self._texts is not None:
             for p, s in enumerate(steps):
                 for c in s.choices:
@@ -145,6 +184,7 @@ class Trace:
         ex = self._exchange
         self._metrics.prompt_tokens.inc(ex.prompt_tokens or 0)
         self._metrics.completion_tokens.inc(ex.completion_tokens or 0)
+        self._metrics.cached_prompt_tokens.inc(sum(self._cached.values()))
         if self._adapter is not None:
             m = self._metrics
             m.adapter_requests.labels(self._adapter).inc()

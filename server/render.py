@@ -39,11 +39,13 @@ class FullChoice:
     prompt_text: str = ""
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage (Azure OpenAI's is the same): `cached_tokens` are the prompt tokens the prefix cache held."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -168,9 +170,9 @@ class ChatFlavor(Flavor):
                 {
                     "token": lp.token,
                     "logprob": lp.logprob,
-                    "bytes": list(lp.token.encode()),
+                    "bytes": list(lp.token.encode() if lp.token_bytes is None else lp.token_bytes),
                     "top_logprobs": [
-                        {"token": tok, "logprob": val, "bytes": list(tok.encode())} for tok, val in lp.top[:k]
+                        {"token": tok, "logprob": val, "bytes": list(raw)} for tok, val, raw in lp.top[:k]
                     ],
                 }
                 for lp in logprobs
@@ -238,13 +240,41 @@ class CompletionFlavor(Flavor):
         out: dict[str, list[Any]] = {"text_offset": [], "token_logprobs": [], "tokens": [], "top_logprobs": []}
         for lp in logprobs:
             out["text_offset"].append(offset)
-            out["tokens"].append(lp.token)
+            out["tokens"].append(legacy_token_name(lp.token, lp.token_bytes))
             out["token_logprobs"].append(lp.logprob)
             # The first prompt token has no logprob, hence no alternatives either.
-            out["top_logprobs"].append(None if lp.logprob is None else {tok: val for tok, val in lp.top})
+            out["top_logprobs"].append(None if lp.logprob is None else legacy_alternatives(lp.top))
             if text is None or text.startswith(lp.token, offset):
                 offset += len(lp.token)
         return out
+
+
+def legacy_token_name(text: str, raw: bytes | None) -> str:
+    """A token as legacy logprobs name it: its text, or, for bytes that are no text on their own (a fragment of a
+    UTF-8 character), `bytes:` and each byte as `\\xNN`, as OpenAI writes them."""
+    if raw is None:
+        return text
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return _bytes_name(raw)
+    return text
+
+
+def legacy_alternatives(top: list[tuple[str, float, bytes]]) -> dict[str, float]:
+    """The alternatives as legacy logprobs' dict, one key per candidate: two candidates with the same text (an
+    added token spelling a vocabulary piece) keep apart by their bytes."""
+    out: dict[str, float] = {}
+    for text, logprob, raw in top:
+        name = legacy_token_name(text, raw)
+        if name in out:
+            name = _bytes_name(raw)
+        out.setdefault(name, logprob)
+    return out
+
+
+def _bytes_name(raw: bytes) -> str:
+    return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
 @dataclass(slots=True)

@@ -64,7 +64,8 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
             choices.append(annotate(job.flavor.full_choice(full), step, c.index))
     body = job.flavor.envelope(job.request_id, int(time.time()), job.model_name or engine.info.name, chunk=False)
     body["choices"] = choices
-    body["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(s.completion_tokens for s in steps))
+    body["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(s.completion_tokens for s in steps),
+                                 sum(s.cached_tokens for s in steps))
     return body
 
 
@@ -78,6 +79,7 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
         if opening is not None:
             yield sse.frame({**head, "choices": [opening]})
     completion_tokens = [0] * len(job.prompts)
+    cached_tokens = [0] * len(job.prompts)  # the largest a step reported: a guard's closing step reports none
     finished = 0
     options = job.request.stream_options
     include_usage = options is None or options.include_usage
@@ -105,6 +107,7 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
                 choices += [annotate(d, step, local_index) for d in flavor.delta_choices(c, state.of(c.index))]
                 finished += c.finish_reason is not None
             completion_tokens[p_idx] = step.completion_tokens
+            cached_tokens[p_idx] = max(cached_tokens[p_idx], step.cached_tokens)
             groups = render.chunk_groups(choices)
             if not groups:
                 continue  # text held back until it is known to be a tool call or content
@@ -112,7 +115,8 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
                 yield sse.frame({**head, "choices": group})
             chunk = {**head, "choices": groups[-1]}
             if every_usage or (finished == job.total_choices and include_usage):
-                chunk["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(completion_tokens))
+                chunk["usage"] = render.usage(sum(len(p) for p in job.prompts), sum(completion_tokens),
+                                              sum(cached_tokens))
             if finished == job.total_choices:
                 last = sse.frame(chunk)  # nothing follows it but [DONE]: both go in one write
             else:

@@ -29,6 +29,15 @@ log = logging.getLogger("llamaserve.security")
 OPEN_PATHS = frozenset({"/health", "/ready", "/", "/playground"})
 # Opened only by admin keys, which their routes check (server/adapters.py): API keys must not open them.
 ADMIN_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
+# Read-only routes that take an admin key as well as an API key, and show an admin more: adapters' paths on
+# /v1/models, the series that name adapters on /metrics (with metrics_require_key).
+ADMIN_READABLE_PATHS = frozenset({"/metrics", "/v1/models"})
+# The access log's and the routes' key_id of a request made with an admin key.
+ADMIN_KEY_PREFIX = "admin:"
+
+
+def is_admin(caller: str | None) -> bool:
+    return caller is not None and caller.startswith(ADMIN_KEY_PREFIX)
 
 
 def key_id(key: str) -> str:
@@ -65,10 +74,11 @@ def presented_keys(headers: Headers) -> list[str]:
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, keys: KeyRing, metrics_require_key: bool):
+    def __init__(self, app: ASGIApp, keys: KeyRing, metrics_require_key: bool, admin_keys: KeyRing | None = None):
         self.app = app
         self.keys = keys
         self.metrics_require_key = metrics_require_key
+        self.admin_keys = admin_keys or KeyRing([])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,8 +87,13 @@ class ApiKeyMiddleware:
         exchange = exchange_of_scope(scope)
         presented = presented_keys(Headers(scope=scope))
         valid = next((k for k in presented if self.keys.matches(k)), None)
+        admin = None
+        if valid is None and scope["path"] in ADMIN_READABLE_PATHS:
+            admin = next((k for k in presented if self.admin_keys.matches(k)), None)
         if valid is not None:
             exchange.key_id = key_id(valid)
+        elif admin is not None:
+            exchange.key_id = ADMIN_KEY_PREFIX + key_id(admin)
         elif self.keys and not self._open(scope["path"]):
             exchange.reject_reason = "unauthenticated"
             message = (

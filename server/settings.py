@@ -312,17 +312,22 @@ def key_file_lines(raw: bytes) -> list[str]:
     return [line for line in stripped if line and not line.startswith("#")]
 
 
-# Their values are never echoed in an error; nor is the value of an unknown key (it may be a misspelt secret).
-SECRET_FIELDS = frozenset({"api_keys", "api_key_file"})
+# Their values are never echoed in an error, nor their mapping keys (lora_access accepts raw keys as its keys);
+# nor is the value of an unknown key (it may be a misspelt secret). guard_url may hold `user:password@`.
+SECRET_FIELDS = frozenset({"api_keys", "api_key_file", "admin_api_keys", "guard_api_key", "guard_url",
+                           "lora_access", "guard_key_categories"})
 
 
 def describe_error(exc: ValidationError) -> str:
     """A settings error for the operator, without any secret: pydantic's own text echoes every input."""
     lines = [f"{exc.error_count()} invalid setting(s)"]
     for err in exc.errors(include_url=False, include_context=False):
-        loc = ".".join(str(part) for part in err["loc"]) or "settings"
+        secret = bool(err["loc"]) and err["loc"][0] in SECRET_FIELDS
+        # Within a secret field, list positions help and mapping keys may be keys.
+        shown = [part for i, part in enumerate(err["loc"]) if not secret or i == 0 or isinstance(part, int)]
+        loc = ".".join(str(part) for part in shown) or "settings"
         line = f"{loc}: {err['msg']}"
-        if err["loc"] and err["loc"][0] not in SECRET_FIELDS and err["type"] != "extra_forbidden" and "input" in err:
+        if err["loc"] and not secret and err["type"] != "extra_forbidden" and "input" in err:
             line += f" (got {str(err['input'])[:80]!r})"
         lines.append(line)
     return "\n  ".join(lines)

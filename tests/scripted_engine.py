@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from engine import outputs
+from engine.adapters import AdapterSet
 from engine.core import ModelInfo
 from engine.request import GenerationInput
 from server.app import create_app
@@ -27,6 +28,7 @@ class ScriptedEngine:
         self.aborted: list[str] = []
         self.is_dead = False
         self.warm_ups = 0
+        self.adapters = AdapterSet()  # none loaded unless a test puts one
 
     # --- what the server calls
     def shutdown(self) -> None: ...

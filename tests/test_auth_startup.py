@@ -114,6 +114,18 @@ def test_settings_errors_never_print_a_secret(started, tmp_path, clean_env):
     assert "notaport" in message  # inputs of fields that are not secrets still help
 
 
+def test_settings_errors_never_echo_keys_held_by_the_lora_and_guard_settings(started, tmp_path, clean_env):
+    config = tmp_path / "s.yaml"
+    # lora_access and guard_key_categories take keys (or key ids) as their mapping keys; a mistyped value must
+    # not print the key with the error's location. guard_url may hold a password.
+    config.write_text(f"lora_access:\n  {SECRET}: 5\nguard_key_categories:\n  {SECRET}k: 7\n"
+                      f"admin_api_keys:\n  - {{nested: {SECRET}a}}\nguard_url:\n  - https://u:{SECRET}@guard\n")
+    message = _refusal(started, "--config", str(config))
+    assert SECRET not in message
+    for field in ("lora_access", "guard_key_categories", "admin_api_keys", "guard_url"):
+        assert field in message
+
+
 def test_the_process_exits_non_zero_with_the_reason_before_loading_anything():
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMASERVE_")}
     run = subprocess.run(

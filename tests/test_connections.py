@@ -108,7 +108,8 @@ def _read_while_dripping(sock: socket.socket, byte: bytes) -> tuple[bytes, float
 
 def test_a_dripped_body_gets_the_same_deadline_not_one_per_chunk(guarded):
     with _connect(guarded) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: 1000\r\n\r\n")
         started = time.monotonic()
         data, closed = _read_while_dripping(sock, b" ")
     assert _status(data) == 408, data

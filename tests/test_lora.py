@@ -48,7 +48,7 @@ def _launch_srv(tiny_model: Path, tmp_path_factory) -> ServerProcess:
             "--rate-limit-rpm", "0", "--rate-limit-tpm", "0",
             "--api-keys", f"{KEY_A},{KEY_B},{KEY_C}", "--admin-api-keys", ADMIN,
             "--allow-runtime-lora", "--max-lora-rank", "8", "--max-loras", "2", "--max-cpu-loras", "2",
-            "--lora", "alpha=seed-1", "--lora-access", json.dumps(access),
+            "--lora", "alpha=seed-1", "--lora-access", json.dumps(access), "--metrics-require-key",
         ],
         env={"AZUREML_MODEL_DIR": str(lora_dirs["seed-1"].parent)},
     )
@@ -217,8 +217,35 @@ def test_admin_routes_take_only_the_admin_key(http, lora_dirs):
     assert "delta" not in {m["id"] for m in http.get("/v1/models", headers=bearer(KEY_C)).json()["data"]}
 
 
+def test_models_show_adapters_paths_to_the_admin_key_only(http, beta, lora_dirs):
+    for key in (KEY_A, KEY_B, KEY_C):
+        resp = http.get("/v1/models", headers=bearer(key))
+        assert resp.status_code == 200
+        assert all("root" not in card for card in resp.json()["data"])
+        assert str(lora_dirs["seed-2"]) not in resp.text
+    cards = {m["id"]: m for m in http.get("/v1/models", headers=bearer(ADMIN)).json()["data"]}
+    assert cards["beta"]["root"] == str(lora_dirs["seed-2"]) and cards["alpha"]["root"] == "seed-1"
+
+
+def test_metrics_name_adapters_to_the_admin_key_only(http, beta):
+    # Both adapters have served a request, so their series exist (ours by model, vLLM's lora_requests_info).
+    for model, key in (("alpha", KEY_A), ("beta", KEY_B)):
+        r = http.post("/v1/completions", headers=bearer(key), json={"model": model, "prompt": PROMPT, "max_tokens": 2})
+        assert r.status_code == 200, r.text
+    admin = bearer(ADMIN)
+    assert wait_until(lambda: metric(http.get("/metrics", headers=admin).text, "llamaserve_adapter_requests_total",
+                                     model="beta"), 10)
+    assert "vllm:lora_requests_info" in http.get("/metrics", headers=admin).text
+    assert http.get("/metrics").status_code == 401
+    for key in (KEY_A, KEY_B, KEY_C):
+        text = http.get("/metrics", headers=bearer(key)).text
+        assert "vllm:num_requests_running" in text and "llamaserve_requests_total" in text  # the rest is there
+        assert '"alpha"' not in text and '"beta"' not in text and "lora_requests_info" not in text
+        assert "llamaserve_adapter_" not in text
+
+
 def test_metrics_and_access_log_name_the_adapter(srv, http):
-    text = http.get("/metrics", headers=bearer(KEY_C)).text
+    text = http.get("/metrics", headers=bearer(ADMIN)).text
     before = metric(text, "llamaserve_adapter_requests_total", model="alpha") or 0
     tokens_before = metric(text, "llamaserve_adapter_completion_tokens_total", model="alpha") or 0
     r = http.post("/v1/completions", headers={**bearer(KEY_C), "x-request-id": "lora-metrics-probe"},
@@ -226,7 +253,7 @@ def test_metrics_and_access_log_name_the_adapter(srv, http):
     assert r.status_code == 200
 
     def scraped() -> str:
-        return http.get("/metrics", headers=bearer(KEY_C)).text
+        return http.get("/metrics", headers=bearer(ADMIN)).text
 
     # Counts land when the request's last byte has gone, a moment after the client has the body.
     assert wait_until(lambda: metric(scraped(), "llamaserve_adapter_requests_total", model="alpha") == before + 1, 10)

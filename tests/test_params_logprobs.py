@@ -9,6 +9,13 @@ from tests.sse_client import read_events
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
+def _text_of(raw: list[int]) -> str | None:
+    try:
+        return bytes(raw).decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def test_completion_legacy_logprobs(client):
     body = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 6, "logprobs": 3, "ignore_eos": True, "seed": 4}).json()
     choice = body["choices"][0]
@@ -22,6 +29,21 @@ def test_completion_legacy_logprobs(client):
         assert top[token] == logprob
     offsets = lp["text_offset"]
     assert offsets == [sum(len(t) for t in lp["tokens"][:i]) for i in range(6)]
+
+
+def test_legacy_logprobs_keep_every_candidate(client):
+    """Byte fragments of UTF-8 characters all decode to the same text; named by their bytes, none overwrites
+    another, so each position has the top k, plus the sampled token when it is not among them."""
+    k, fragments = 3, 0
+    for seed in range(200):
+        body = client.post("/v1/completions", json={"prompt": "Hello ☃", "max_tokens": 8, "logprobs": k,
+                                                    "ignore_eos": True, "seed": seed, "temperature": 1.0}).json()
+        lp = body["choices"][0]["logprobs"]
+        for token, logprob, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+            assert len(top) in (k, k + 1), (seed, top)
+            assert top[token] == logprob
+            fragments += sum(name.startswith("bytes:\\x") for name in top)
+    assert fragments > 0  # the tiny vocabulary's byte tokens did come up as candidates
 
 
 def test_completion_logprobs_zero_gives_sampled_token_only(client):
@@ -42,12 +64,28 @@ def test_chat_logprobs_current_shape(client, form):
     assert len(content) == 5 == body["usage"]["completion_tokens"]
     for entry in content:
         assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
-        assert entry["bytes"] == list(entry["token"].encode())
+        # A token's own bytes: its text's, unless it has no text of its own (a fragment of a UTF-8 character,
+        # which vLLM shows as "").
+        assert _text_of(entry["bytes"]) in (entry["token"], None) or entry["token"] == ""
         assert len(entry["top_logprobs"]) == 3
         for alt in entry["top_logprobs"]:
             assert set(alt) == {"token", "logprob", "bytes"}
         ranked = [alt["logprob"] for alt in entry["top_logprobs"]]
         assert ranked == sorted(ranked, reverse=True)
+
+
+def test_chat_logprobs_bytes_are_the_tokens_own(client):
+    """A fragment of a UTF-8 character has no text ("" from vLLM); its bytes are still the token's own."""
+    fragments = 0
+    for seed in range(40):
+        body = client.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 8, "ignore_eos": True,
+                                                         "seed": seed, "logprobs": True, "top_logprobs": 5}).json()
+        for entry in body["choices"][0]["logprobs"]["content"]:
+            for candidate in [entry, *entry["top_logprobs"]]:
+                if candidate["token"] in ("", "\ufffd"):
+                    fragments += 1
+                    assert candidate["bytes"] and _text_of(candidate["bytes"]) is None, candidate
+    assert fragments > 0  # the tiny vocabulary's byte tokens did come up
 
 
 def test_chat_logprobs_true_without_top(client):

@@ -72,7 +72,8 @@ def _run(cfg: Settings, calls):
 
 def test_the_protection_group_reaches_the_body_limit_and_the_key_check(clean_env):
     def big(c):
-        return c.post("/v1/tokenize", content=b'{"prompt": "' + b"a" * 300 + b'"}', headers={"api-key": "k1"})
+        return c.post("/v1/tokenize", content=b'{"prompt": "' + b"a" * 300 + b'"}',
+                      headers={"api-key": "k1", "content-type": "application/json"})
 
     def metrics_plain(c):
         return c.get("/metrics")

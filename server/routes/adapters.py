@@ -42,7 +42,7 @@ async def load_lora_adapter(request: Request) -> JSONResponse:
         adapter = await adapters.load(engine, body.lora_name, body.lora_path, body.load_inplace)
     except _FAILURES as exc:
         raise adapters.adapter_error(exc) from exc
-    return JSONResponse({**adapters.model_card(adapter, engine),
+    return JSONResponse({**adapters.model_card(adapter, engine, show_root=True),
                          "message": f"Success: LoRA adapter '{adapter.name}' added successfully."})
 
 

@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse
 
 from server import adapters
 from server.exchange import exchange_of
+from server.security import is_admin
 from server.state import state_of
 
 router = APIRouter(tags=["meta"])
@@ -28,6 +29,7 @@ async def info(request: Request) -> dict:
 async def models(request: Request) -> dict:
     state = state_of(request)
     engine = state.ready_engine()
+    caller = exchange_of(request).key_id
     return {
         "object": "list",
         "data": [
@@ -38,7 +40,7 @@ async def models(request: Request) -> dict:
                 "owned_by": engine.info.provider.lower(),
                 "max_model_len": engine.info.max_model_len,
             },
-            *(adapters.model_card(a, engine) for a in adapters.visible(state.settings, exchange_of(request).key_id, engine)),
+            *(adapters.model_card(a, engine, show_root=is_admin(caller)) for a in adapters.visible(state.settings, caller, engine)),
         ],
     }
 

@@ -6,6 +6,9 @@ from fastapi import APIRouter, Request
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from server import adapters
+from server.exchange import exchange_of
+from server.security import is_admin
 from server.state import state_of
 
 router = APIRouter(tags=["meta"])
@@ -13,4 +16,10 @@ router = APIRouter(tags=["meta"])
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    return Response(state_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    """Series that name LoRA adapters only to an admin key, and only when /metrics needs a key: an open /metrics
+    or a tenant's key must not tell of other tenants' fine-tunes."""
+    state = state_of(request)
+    if state.settings.protection.metrics_require_key and is_admin(exchange_of(request).key_id):
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    hidden = adapters.all_names(state.settings, state.engine)
+    return Response(state.metrics.render(hide_adapters=hidden), media_type=CONTENT_TYPE_LATEST)

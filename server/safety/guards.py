@@ -41,7 +41,8 @@ class RemoteGuard:
 
     def __init__(self, url: str, api_key: str | None, timeout_s: float):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
+        base_url, auth = without_credentials(url)
+        self._client = httpx.AsyncClient(base_url=base_url, auth=auth, headers=headers, timeout=timeout_s)
 
     async def classify(self, turns: list[dict[str, str]]) -> GuardReply:
         body = {"messages": turns, "max_tokens": 48, "temperature": 0}
@@ -73,6 +74,18 @@ def _reason(reply: httpx.Response) -> str:
         return str(reply.json()["error"]["message"])[:200]
     except (ValueError, KeyError, TypeError):
         return reply.text[:200]
+
+
+def without_credentials(url: str) -> tuple[httpx.URL, httpx.BasicAuth | None]:
+    """The guard's URL with any `user:password@` taken out into Basic auth: messages and httpx's request log name
+    the URL, and must never carry the password."""
+    try:
+        parsed = httpx.URL(url.rstrip("/"))
+    except httpx.InvalidURL:
+        raise ValueError("guard_url is not a valid URL") from None  # the text may hold a password: not shown
+    if not parsed.userinfo:
+        return parsed, None
+    return parsed.copy_with(userinfo=b""), httpx.BasicAuth(parsed.username, parsed.password)
 
 
 def local_guard_options(settings: Settings, main: EngineOptions) -> EngineOptions:
