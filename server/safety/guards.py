@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
+from server.model_source import under_azure_dir
+
 if TYPE_CHECKING:
     from engine.core import EngineOptions
     from server.settings import Settings
@@ -53,7 +55,7 @@ def local_guard_options(settings: Settings, main: EngineOptions) -> EngineOption
     assert settings.guard_model  # Settings require it with guard=local
     return dataclasses.replace(
         main,
-        model=settings.guard_model,
+        model=under_azure_dir(settings.guard_model),
         served_model_name="llama-guard",
         max_model_len=settings.guard_max_model_len,
         tensor_parallel_size=1,
