@@ -100,3 +100,11 @@ def test_without_a_key_file_the_settings_keys_are_the_keys():
     source = KeySource(["env-key"], None, check_interval_s=0)
     assert source.current().matches("env-key") and len(source.current()) == 1
     assert not KeySource([], None).current(), "no key at all: an open server, which the start refuses unless told"
+
+
+def test_a_secret_value_in_the_api_keys_form_is_read_as_its_keys(tmp_path):
+    # A Secret made as `--from-literal=api-keys="$KEY,$KEY_2"` is mounted as one comma-separated line.
+    path = tmp_path / "keys"
+    path.write_text(f"# primary, then the next one\n{OLD_KEY}, {NEW_KEY}\n")
+    ring = KeySource([], path).current()
+    assert len(ring) == 2 and ring.matches(OLD_KEY) and ring.matches(NEW_KEY)
