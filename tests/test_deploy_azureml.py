@@ -200,3 +200,18 @@ def test_relative_model_names_fall_back_to_what_was_given(tmp_path, clean_env):
     assert under_azure_dir("/abs/Other") == "/abs/Other"
     assert under_azure_dir("Other") == str(tmp_path / "models" / "Other")
     assert under_azure_dir("ther") == "ther", "a whole folder name, not part of one"
+
+
+@pytest.mark.parametrize("path", [*DEPLOYMENTS, GUARD_DEPLOYMENT], ids=lambda p: p.stem)
+def test_compile_caches_are_on_the_images_cache_volume(path):
+    from tests.test_deploy_docker import effective, stages
+    from tests.test_deploy_docker_images import env_of
+
+    image = stages((ROOT / "Dockerfile").read_text())
+    volumes = [Path(v) for args in effective(image, "gpu", "VOLUME") for v in yaml.safe_load(args)]
+    env = yaml.safe_load(path.read_text())["environment_variables"]
+    names = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE",
+             "CUDA_CACHE_PATH")
+    for name in names:
+        assert any(v in Path(env[name]).parents for v in volumes), f"{name}={env.get(name)}"
+        assert env[name] == env_of(image, "gpu")[name], "the same place as the image's own default"
