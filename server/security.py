@@ -26,7 +26,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import APIError, error_response
 from server.exchange import exchange_of_scope
-
 from server.settings import key_file_lines
 
 if TYPE_CHECKING:
