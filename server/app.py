@@ -19,7 +19,7 @@ from server.content_type import JsonBodyMiddleware
 from server.lifecycle import MODEL_LOAD_EXIT_CODE
 from server.limits import BodyLimitMiddleware
 from server.observability import RequestContextMiddleware
-from server.security import ApiKeyMiddleware, KeyRing, load_keyring, warn_if_open
+from server.security import ApiKeyMiddleware, KeyRing, load_key_source, warn_if_open
 from schemas import ChatCompletionRequest, CompletionRequest
 from schemas.adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
@@ -164,8 +164,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
 
 def _protect(app: FastAPI, state: ServerState) -> None:
     """Outermost first: request id and access log, then the key check, then the body's media type and size."""
-    keys = load_keyring(state.settings)  # keys asked for but none given: refuses, never serves open
-    warn_if_open(keys)
+    keys = load_key_source(state.settings)  # keys asked for but none given: refuses, never serves open
+    warn_if_open(keys.current())
     protection = state.settings.protection
     app.add_middleware(BodyLimitMiddleware, max_bytes=protection.max_request_bytes, timeout_s=protection.body_timeout_s)
     app.add_middleware(JsonBodyMiddleware)

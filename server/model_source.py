@@ -1,4 +1,8 @@
-"""Which model to serve: an explicit --model, else the one Azure ML mounted, else the built-in tiny model."""
+"""Which model to serve: an explicit --model, else the one Azure ML mounted, else the built-in tiny model.
+
+Where Azure ML mounted the models, a relative model path (`model`, `guard_model`) names a directory under
+$AZUREML_MODEL_DIR, found the tolerant way `find_model_dir` finds the single model: Azure nests a registered
+folder under the model's NAME/VERSION and the uploaded folder's own name, which differ between registrations."""
 
 from __future__ import annotations
 
@@ -31,9 +35,26 @@ def find_model_dir(root: Path) -> Path:
     return found[0].parent
 
 
+def under_azure_dir(model: str) -> str:
+    """`model`, or where Azure ML mounted it: the shallowest directory holding a config.json under
+    $AZUREML_MODEL_DIR whose path contains the relative path `model` (any levels before or after it). A path
+    found nowhere there, e.g. a hub id, is returned as given."""
+    azure_dir = os.environ.get(AZUREML_MODEL_DIR)
+    wanted = Path(model).parts
+    if not azure_dir or Path(model).is_absolute() or not wanted:
+        return model
+    root = Path(azure_dir)
+    for found in sorted(root.rglob("config.json"), key=lambda p: (len(p.parts), str(p))):
+        parts = found.parent.relative_to(root).parts
+        if any(parts[i:i + len(wanted)] == wanted for i in range(len(parts) - len(wanted) + 1)):
+            return str(found.parent)
+    return model
+
+
 def resolve(settings: Settings) -> ModelSource:
     if settings.model:
-        return ModelSource(settings.model, settings.served_model_name or _name_of(settings.model), False)
+        path = under_azure_dir(settings.model)
+        return ModelSource(path, settings.served_model_name or _name_of(settings.model), False)
     azure_dir = os.environ.get(AZUREML_MODEL_DIR)
     if azure_dir:
         path = find_model_dir(Path(azure_dir))

@@ -5,6 +5,10 @@ key at all unless `allow_unauthenticated` says so (`require_keys_or_consent`, ch
 
 Keys are kept only as SHA-256 digests; a presented key is hashed and compared with every stored digest
 (hmac.compare_digest, no early exit), so timing reveals neither the key nor which entry matched.
+
+The key file is re-read when it changes (`KeySource`): a mounted Kubernetes Secret is updated in place, so a
+rotation needs no restart. A changed file that holds no key or cannot be read keeps the keys in force: a broken
+rotation must not open the server.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
@@ -19,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import APIError, error_response
 from server.exchange import exchange_of_scope
+from server.settings import key_file_lines
 
 if TYPE_CHECKING:
     from server.settings import Settings
@@ -63,6 +71,58 @@ class KeyRing:
         return found
 
 
+# How often a request may look at the key file's status: a rotation takes effect within this, and a busy server
+# makes one stat() call a second rather than one a request.
+KEY_FILE_CHECK_INTERVAL_S = 1.0
+
+
+class KeySource:
+    """The keys in force: the settings' own keys plus those of the key file, read again once the file changes
+    (its inode, size or modification time: a mounted Secret is swapped in by a symlink, a hand edit rewrites it)."""
+
+    def __init__(self, fixed: list[str], path: Path | None, check_interval_s: float = KEY_FILE_CHECK_INTERVAL_S):
+        self._fixed = fixed
+        self._path = path
+        self._interval = check_interval_s
+        self._stamp = self._file_stamp()  # before the read: a change in between is read again, never missed
+        self._file_keys = key_file_lines(path.read_bytes()) if path is not None else []
+        self._next_check = time.monotonic() + check_interval_s
+        self._ring = KeyRing(self._fixed + self._file_keys)
+
+    def current(self) -> KeyRing:
+        if self._path is not None and time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + self._interval
+            stamp = self._file_stamp()
+            if stamp != self._stamp:
+                self._stamp = stamp
+                self._reload()
+        return self._ring
+
+    def _file_stamp(self) -> tuple[int, int, int, int] | None:
+        if self._path is None:
+            return None
+        try:
+            st = os.stat(self._path)  # follows the Secret volume's symlinks to the current version
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _reload(self) -> None:
+        shown = _shown(self._path)
+        try:
+            keys = key_file_lines(Path(self._path).read_bytes())
+        except (OSError, ValueError) as exc:
+            log.warning("api_key_file %s changed but cannot be read (%s): keeping the keys in force", shown,
+                        getattr(exc, "strerror", None) or exc)
+            return
+        if not keys:
+            log.warning("api_key_file %s changed but holds no key: keeping the keys in force", shown)
+            return
+        self._file_keys = keys
+        self._ring = KeyRing(self._fixed + keys)
+        log.info("api_key_file %s re-read: %d key(s) in force", shown, len(self._ring))
+
+
 def presented_keys(headers: Headers) -> list[str]:
     keys = []
     scheme, _, token = headers.get("authorization", "").partition(" ")
@@ -74,7 +134,7 @@ def presented_keys(headers: Headers) -> list[str]:
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, keys: KeyRing, metrics_require_key: bool, admin_keys: KeyRing | None = None):
+    def __init__(self, app: ASGIApp, keys: KeySource, metrics_require_key: bool, admin_keys: KeyRing | None = None):
         self.app = app
         self.keys = keys
         self.metrics_require_key = metrics_require_key
@@ -86,7 +146,8 @@ class ApiKeyMiddleware:
             return
         exchange = exchange_of_scope(scope)
         presented = presented_keys(Headers(scope=scope))
-        valid = next((k for k in presented if self.keys.matches(k)), None)
+        keys = self.keys.current()
+        valid = next((k for k in presented if keys.matches(k)), None)
         admin = None
         if valid is None and scope["path"] in ADMIN_READABLE_PATHS:
             admin = next((k for k in presented if self.admin_keys.matches(k)), None)
@@ -94,7 +155,7 @@ class ApiKeyMiddleware:
             exchange.key_id = key_id(valid)
         elif admin is not None:
             exchange.key_id = ADMIN_KEY_PREFIX + key_id(admin)
-        elif self.keys and not self._open(scope["path"]):
+        elif keys and not self._open(scope["path"]):
             exchange.reject_reason = "unauthenticated"
             message = (
                 "Incorrect API key provided" if presented
@@ -136,6 +197,12 @@ def load_keyring(settings: Settings) -> KeyRing:
             "setting and pass --allow-unauthenticated to serve without keys on purpose."
         )
     return KeyRing(keys)
+
+
+def load_key_source(settings: Settings) -> KeySource:
+    """`load_keyring`'s checks, then the keys as a source that follows the key file."""
+    load_keyring(settings)
+    return KeySource([k.get_secret_value() for k in settings.api_keys], settings.api_key_file)
 
 
 def _shown(path: object) -> str:

@@ -303,13 +303,15 @@ def _group(group: type, settings: Settings) -> Any:
 
 
 def key_file_lines(raw: bytes) -> list[str]:
-    """One key per line; a UTF-8 BOM, surrounding whitespace, blank lines and `#` comment lines are not keys."""
+    """One key per line, or comma-separated as in `api_keys`; a UTF-8 BOM, surrounding whitespace, blank lines and
+    `#` comment lines are not keys."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError("the API key file is not UTF-8 text") from None  # the bytes may be a secret: not shown
-    stripped = (line.strip() for line in text.splitlines())
-    return [line for line in stripped if line and not line.startswith("#")]
+    lines = (line.strip() for line in text.splitlines())
+    keys = (key.strip() for line in lines if not line.startswith("#") for key in line.split(","))
+    return [key for key in keys if key]
 
 
 # Their values are never echoed in an error, nor their mapping keys (lora_access accepts raw keys as its keys);

@@ -160,3 +160,59 @@ def test_weight_downloads_skip_metas_original_checkpoints():
     assert downloads
     for line in downloads:
         assert re.search(r"--exclude ['\"]original/\*['\"]", line), line
+
+
+GUARD_DEPLOYMENT = AZURE / "with-guard" / "llama-3.1-8b-instruct-guard-3-1b.yml"
+
+
+@pytest.mark.parametrize("layout", [
+    "",  # the registered folder's content at the mount's root
+    "models",  # under the uploaded folder's name
+    "llama-3-1-8b-with-guard/1/models",  # under the model's NAME/VERSION as well
+], ids=["flat", "folder", "name-version-folder"])
+def test_guard_deployment_finds_both_models_wherever_azure_mounts_them(layout, tmp_path, clean_env):
+    from server.app import engine_options  # imports vLLM: only this test pays for it
+    from server.model_source import resolve
+    from server.safety.guards import local_guard_options
+
+    env = yaml.safe_load(GUARD_DEPLOYMENT.read_text())["environment_variables"]
+    mount = tmp_path / "azureml-models"
+    dirs = {}
+    for name in ("Llama-3.1-8B-Instruct", "Llama-Guard-3-1B"):
+        dirs[name] = mount / layout / name
+        dirs[name].mkdir(parents=True)
+        (dirs[name] / "config.json").write_text("{}")
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    clean_env.setenv("AZUREML_MODEL_DIR", str(mount))
+    settings = load_settings()
+    assert resolve(settings).path == str(dirs["Llama-3.1-8B-Instruct"])
+    assert local_guard_options(settings, engine_options(settings)).model == str(dirs["Llama-Guard-3-1B"])
+
+
+def test_relative_model_names_fall_back_to_what_was_given(tmp_path, clean_env):
+    from server.model_source import under_azure_dir
+
+    (tmp_path / "models" / "Other").mkdir(parents=True)
+    (tmp_path / "models" / "Other" / "config.json").write_text("{}")
+    assert under_azure_dir("meta-llama/Llama-3.1-8B-Instruct") == "meta-llama/Llama-3.1-8B-Instruct"  # no Azure
+    clean_env.setenv("AZUREML_MODEL_DIR", str(tmp_path))
+    assert under_azure_dir("meta-llama/Llama-3.1-8B-Instruct") == "meta-llama/Llama-3.1-8B-Instruct"  # a hub id
+    assert under_azure_dir("/abs/Other") == "/abs/Other"
+    assert under_azure_dir("Other") == str(tmp_path / "models" / "Other")
+    assert under_azure_dir("ther") == "ther", "a whole folder name, not part of one"
+
+
+@pytest.mark.parametrize("path", [*DEPLOYMENTS, GUARD_DEPLOYMENT], ids=lambda p: p.stem)
+def test_compile_caches_are_on_the_images_cache_volume(path):
+    from tests.test_deploy_docker import effective, stages
+    from tests.test_deploy_docker_images import env_of
+
+    image = stages((ROOT / "Dockerfile").read_text())
+    volumes = [Path(v) for args in effective(image, "gpu", "VOLUME") for v in yaml.safe_load(args)]
+    env = yaml.safe_load(path.read_text())["environment_variables"]
+    names = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE",
+             "CUDA_CACHE_PATH")
+    for name in names:
+        assert any(v in Path(env[name]).parents for v in volumes), f"{name}={env.get(name)}"
+        assert env[name] == env_of(image, "gpu")[name], "the same place as the image's own default"

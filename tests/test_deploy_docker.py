@@ -18,7 +18,8 @@ from server.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 PORT = Settings.model_fields["port"].default
-HEALTH_ROUTE = "/health"  # liveness route fixed by the API contract
+# Docker's health is what compose's `depends_on: service_healthy` waits for: the model serving, not the process up.
+HEALTH_ROUTE = "/ready"
 
 
 def instructions(text: str) -> list[tuple[str, str]]:

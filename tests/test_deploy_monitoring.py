@@ -48,7 +48,8 @@ def test_metric_names_are_read_from_promql():
 
 def shipped(values: dict | None = None) -> tuple[dict, list[dict]]:
     """The dashboard JSON and the alert rules a release ships."""
-    docs = render({"monitoring": {"prometheusRule": {"enabled": True}}, **(values or {})})
+    docs = render({"serviceMonitor": {"enabled": True}, "monitoring": {"prometheusRule": {"enabled": True}},
+                   **(values or {})})
     (configmap,) = dashboard_configmaps(docs)
     (text,) = configmap["data"].values()
     (rule,) = by_kind(docs, "PrometheusRule")
@@ -91,12 +92,23 @@ def test_alert_rules_need_the_operator():
     assert not by_kind(render({"monitoring": {"prometheusRule": {"enabled": False}}}), "PrometheusRule")
     _, rules = shipped({"monitoring": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}})
     assert rules and all(r["alert"] and r["expr"] and r["labels"]["severity"] in ("warning", "critical") for r in rules)
-    (rule,) = by_kind(render({"monitoring": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}}),
+    (rule,) = by_kind(render({"serviceMonitor": {"enabled": True},
+                              "monitoring": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}}),
                       "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["labels"]["release"] == "kps"
     for r in rules:  # each rule watches this release only
         for name in metric_names(r["expr"]):
             assert re.search(rf'{re.escape(name)}\{{namespace="llm", service="rel-llamaserve"', r["expr"]), r["alert"]
+
+
+def test_alert_rules_come_only_with_the_service_monitor_that_labels_their_series():
+    # The rules select by the namespace and service labels the ServiceMonitor's scrape gives: alone they watch nothing.
+    with pytest.raises(helm_python.HelmError, match="serviceMonitor.enabled"):
+        render({"monitoring": {"prometheusRule": {"enabled": True}}})
+    assert not by_kind(render({"serviceMonitor": {"enabled": True}}), "PrometheusRule"), "auto without the operator"
+    chart = (CHART / "templates" / "prometheusrule.yaml").read_text()
+    gate = next(line for line in chart.splitlines() if '"auto"' in line and "$operator" in line)
+    assert ".Values.serviceMonitor.enabled" in gate, "auto must also wait for the ServiceMonitor"
 
 
 def test_dashboard_and_alerts_cover_what_an_operator_watches():

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 
 from engine.guard_format import GuardFit, GuardReply
+from server.model_source import under_azure_dir
 
 if TYPE_CHECKING:
     from engine.core import EngineOptions
@@ -94,7 +95,7 @@ def local_guard_options(settings: Settings, main: EngineOptions) -> EngineOption
     assert settings.guard_model  # Settings require it with guard=local
     return dataclasses.replace(
         main,
-        model=settings.guard_model,
+        model=under_azure_dir(settings.guard_model),
         served_model_name="llama-guard",
         max_model_len=settings.guard_max_model_len,
         tensor_parallel_size=1,

@@ -91,14 +91,16 @@ llamaserve.io/role: server
 {{- with .ctx -}}
 - name: LLAMASERVE_PORT
   value: {{ .Values.containerPort | toString | quote }}
+{{- /* The forms server/settings.py reads from the environment: a list comma-separated, a map as JSON. */}}
 {{- range $k, $v := include "llamaserve.settings" . | fromYaml }}
 {{- if not (kindIs "invalid" $v) }}
 - name: {{ printf "LLAMASERVE_%s" (upper $k) }}
-  value: {{ if kindIs "string" $v }}{{ $v | quote }}{{ else }}{{ toJson $v | quote }}{{ end }}
+  value: {{ if kindIs "string" $v }}{{ $v | quote }}{{ else if kindIs "slice" $v }}{{ join "," $v | quote }}{{ else }}{{ toJson $v | quote }}{{ end }}
 {{- end }}
 {{- end }}
 - name: HF_HOME
   value: {{ .Values.modelCache.mountPath | quote }}
+{{- include "llamaserve.compileCacheEnv" . }}
 - name: HF_TOKEN
   valueFrom:
     secretKeyRef:
@@ -107,11 +109,10 @@ llamaserve.io/role: server
       # Not every model needs one (open repos, weights already in the cache).
       optional: true
 {{- if and $server .Values.auth.enabled }}
-- name: LLAMASERVE_API_KEYS
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "llamaserve.secretName" . }}
-      key: {{ .Values.secret.apiKeysKey }}
+# A file from the mounted Secret, not an env value: the kubelet updates it in place and the server re-reads it,
+# so a key rotation needs no restart.
+- name: LLAMASERVE_API_KEY_FILE
+  value: {{ include "llamaserve.apiKeyFile" . | quote }}
 {{- else if $server }}
 # Without keys the server starts only when told to (server/security.py); workers serve no HTTP.
 - name: LLAMASERVE_ALLOW_UNAUTHENTICATED
@@ -127,8 +128,30 @@ llamaserve.io/role: server
 {{- end }}
 {{- end -}}
 
-{{/* Volumes shared by every pod template. */}}
+{{/* Where the API key file is mounted: a directory of its own, never a subPath mount (those are not updated). */}}
+{{- define "llamaserve.apiKeyDir" -}}/etc/llamaserve/api-keys{{- end -}}
+{{- define "llamaserve.apiKeyFile" -}}{{ include "llamaserve.apiKeyDir" . }}/keys{{- end -}}
+
+{{/* The compile caches (torch inductor, Triton, vLLM's, FlashInfer's JIT, CUDA's PTX) on the model-cache volume:
+     a second start on the same volume compiles nothing. */}}
+{{- define "llamaserve.compileCacheEnv" -}}
+{{- $root := printf "%s/compile" (.Values.modelCache.mountPath | trimSuffix "/") }}
+- name: VLLM_CACHE_ROOT
+  value: {{ printf "%s/vllm" $root | quote }}
+- name: TORCHINDUCTOR_CACHE_DIR
+  value: {{ printf "%s/torchinductor" $root | quote }}
+- name: TRITON_CACHE_DIR
+  value: {{ printf "%s/triton" $root | quote }}
+- name: FLASHINFER_WORKSPACE_BASE
+  value: {{ printf "%s/flashinfer" $root | quote }}
+- name: CUDA_CACHE_PATH
+  value: {{ printf "%s/cuda" $root | quote }}
+{{- end -}}
+
+{{/* Volumes shared by every pod template (`server`: the pod serves HTTP and reads the API keys). */}}
 {{- define "llamaserve.volumes" -}}
+{{- $server := .server -}}
+{{- with .ctx -}}
 - name: dshm
   emptyDir:
     medium: Memory
@@ -138,15 +161,45 @@ llamaserve.io/role: server
   persistentVolumeClaim:
     claimName: {{ .Values.modelCache.existingClaim | default (printf "%s-model-cache" (include "llamaserve.fullname" .)) }}
 {{- else }}
-  emptyDir: {}
+  # On the node's disk: bounded, so that a download cannot fill it and evict its neighbours.
+  emptyDir:
+    sizeLimit: {{ .Values.modelCache.size }}
+{{- end }}
+{{- if and $server .Values.auth.enabled }}
+- name: api-keys
+  secret:
+    secretName: {{ include "llamaserve.secretName" . }}
+    items:
+      - key: {{ .Values.secret.apiKeysKey }}
+        path: keys
+{{- end }}
 {{- end }}
 {{- end -}}
 
 {{- define "llamaserve.volumeMounts" -}}
+{{- $server := .server -}}
+{{- with .ctx -}}
 - name: dshm
   mountPath: /dev/shm
 - name: model-cache
   mountPath: {{ .Values.modelCache.mountPath }}
+{{- if and $server .Values.auth.enabled }}
+- name: api-keys
+  mountPath: {{ include "llamaserve.apiKeyDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The container's securityContext: IPC_LOCK added for RDMA, which pins memory for NCCL's transfers. */}}
+{{- define "llamaserve.securityContext" -}}
+{{- $ctx := deepCopy .Values.securityContext -}}
+{{- if .Values.rdma.enabled -}}
+{{- $caps := get $ctx "capabilities" | default dict -}}
+{{- $_ := set $caps "add" (append (get $caps "add" | default list) "IPC_LOCK" | uniq) -}}
+{{- $_ := set $ctx "capabilities" $caps -}}
+{{- end -}}
+{{- toYaml $ctx -}}
 {{- end -}}
 
 {{- define "llamaserve.resources" -}}
@@ -155,6 +208,13 @@ llamaserve.io/role: server
 {{- /* The GPU count always comes from the settings, so it cannot disagree with tensor parallelism. */ -}}
 {{- range $kind := list "requests" "limits" -}}
 {{- $_ := set $res $kind (mergeOverwrite (get $res $kind | default dict) (dict $.Values.gpu.resourceName $gpus)) -}}
+{{- if $.Values.rdma.enabled -}}
+{{- $_ := set (get $res $kind) $.Values.rdma.resourceName $.Values.rdma.count -}}
+{{- end -}}
+{{- end -}}
+{{- /* A model cache on the node's disk must be scheduled where that much disk is free. */ -}}
+{{- if not .Values.modelCache.enabled -}}
+{{- $_ := set (get $res "requests") "ephemeral-storage" .Values.modelCache.size -}}
 {{- end -}}
 {{- toYaml $res -}}
 {{- end -}}
@@ -192,6 +252,8 @@ readinessProbe:
 # Service links would add <SERVICE>_PORT=tcp://... for every Service in the namespace; one named llamaserve
 # sets LLAMASERVE_PORT, a llamaserve setting. The server finds nothing through them.
 enableServiceLinks: false
+# Nothing in the pod calls the Kubernetes API; a token there would only be one to steal (the leader runs a Ray head).
+automountServiceAccountToken: false
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
@@ -214,8 +276,6 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-volumes:
-  {{- include "llamaserve.volumes" . | nindent 2 }}
 {{- end -}}
 
 {{- define "llamaserve.image" -}}
@@ -283,4 +343,15 @@ llamaserve.io/preset: {{ . | quote }}
 {{- with .Values.podAnnotations }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* Seconds the startup probe allows for download and load. */}}
+{{- define "llamaserve.startupBudgetSeconds" -}}
+{{- mul (int .Values.probes.startup.periodSeconds) (int .Values.probes.startup.failureThreshold) -}}
+{{- end -}}
+
+{{/* Scale-in as slow as a GPU pod's start is long; the HPA and KEDA's HPA use the same. */}}
+{{- define "llamaserve.scaleInBehavior" -}}
+scaleDown:
+  stabilizationWindowSeconds: {{ .Values.autoscaling.scaleDownStabilizationSeconds }}
 {{- end -}}
