@@ -24,6 +24,9 @@ DOMAIN_VALUES = {
     "guard_block_categories": ["S1", "S10"],
     "guard_key_categories": {"k-3f2a9c1d": ["S1", "S2"], "k-77aa0b1e": ["S14"]},
     "max_lora_rank": 32,
+    "engine_args": {"block_size": 32, "max_parallel_loading_workers": 2},
+    "speculative_config": {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4},
+    "compilation_config": {"cudagraph_capture_sizes": [1, 2, 4], "mode": 3},
 }
 COMPILE_CACHE_ENV = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE",
                      "CUDA_CACHE_PATH")
