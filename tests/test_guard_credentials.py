@@ -55,7 +55,7 @@ def test_credentials_in_the_url_authenticate_and_leave_the_logged_url(caplog):
             await guard.close()
 
     with caplog.at_level(logging.DEBUG):
-        assert asyncio.run(scenario()) == "safe"
+        assert asyncio.run(scenario()).text == "safe"
     [request] = seen
     assert str(request.url) == "https://guard.example:8443/base/v1/chat/completions"
     assert request.headers["authorization"] == httpx.BasicAuth("guard-user", PASSWORD)._auth_header
