@@ -260,9 +260,11 @@ class Gate:
         reserved = rates.reservation(prompt_tokens + self._most_generated)
         rates.take(self._identity, reserved - self._reserved)
         self._reserved = reserved
+        headers = rates.headers(self._identity)
+        self._exchange.set_headers(headers)  # a stream's headers show the reservation as counted
         if rates.tpm and prompt_tokens > rates.tpm:
             self._exchange.reject_reason = "rate_limited"
-            raise prompt_over_the_limit(prompt_tokens, rates.tpm, rates.headers(self._identity))
+            raise prompt_over_the_limit(prompt_tokens, rates.tpm, headers)
 
     def settle(self) -> None:
         """Settles the reservation to what the request used: its prompt tokens and the completion tokens it

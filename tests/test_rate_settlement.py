@@ -126,17 +126,18 @@ def test_a_reservation_over_the_bucket_is_capped_and_the_real_use_charged(limits
 
 
 def test_an_estimate_is_replaced_by_the_exact_count_once_the_prompt_is_tokenised(limits, clock):
-    async def main() -> tuple[int, int]:
+    async def main() -> tuple[int, int, int]:
         ex = _exchange()
         gate = limits.gate(ex)
-        await gate.admit_prompts(400, 0, 10, 1)  # 400 characters: an estimate of 100 tokens
+        await gate.admit_prompts(400, 0, 100, 1)  # 400 characters: an estimate of 100 tokens
         estimated = _remaining(ex)
         gate.count_prompts(130)
+        counted = _remaining(ex)
         ex.completion_tokens = 10
         ex.close()
-        return estimated, _remaining(ex)
+        return estimated, counted, _remaining(ex)
 
-    assert asyncio.run(main()) == (TPM - 110, TPM - 140)
+    assert asyncio.run(main()) == (TPM - 200, TPM - 230, TPM - 140)
 
 
 def test_prompts_counted_larger_than_the_bucket_are_refused_and_charged(limits, clock):
