@@ -41,6 +41,9 @@ class Exchange:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def set_headers(self, headers: dict[str, str]) -> None:
+        """Adds `headers` to the response, in place of any set before under the same names (lower case)."""
+        names = {k.encode() for k in headers}
+        self.response_headers = [(k, v) for k, v in self.response_headers if k not in names]
         self.response_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
 
     def on_end(self, *cleanups: Callable[[], None]) -> None:

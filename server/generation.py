@@ -1,6 +1,6 @@
 """The request pipeline both completion APIs share, from a parsed request to a `Job` for the engine:
-parse (server/parse.py) -> prepare here: the prompt built, the request through the gate (server/validation.py)
--> respond (server/respond.py), in full or as an event stream.
+parse (server/parse.py) -> prepare here: the request checked, admitted (server/limits.py `Gate`), its prompt
+built, through the gate of server/validation.py -> respond (server/respond.py), in full or as an event stream.
 
 Chat and text completions differ only in how the prompt is built (`prepare_*`) and in their `render.Flavor`.
 """
@@ -16,6 +16,7 @@ from schemas.chat import template_messages
 from server import render
 from server.errors import APIError
 from server.job import Job
+from server.limits import Gate
 from server.settings import Settings
 from server.tools import plan as tools
 from server.validation import ModelFacts, check_prompt_chars, check_request, validate
@@ -36,29 +37,39 @@ def _request_id(flavor: render.Flavor) -> str:
     return flavor.id_prefix + uuid.uuid4().hex
 
 
-async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
+async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings: Settings, gate: Gate) -> Job:
+    """The job for a chat request; `gate` admits it once it is known to be well-formed, before its prompt is built."""
     adapter = check_model(req.model, engine)
     model = ModelFacts.of(engine)
-    check_request(req, settings, model)  # before the prompt is built: refuse what cannot run before doing work for it
+    choices = check_request(req, settings, model)  # refuse what cannot run before doing work for it
     fmt = engine.info.tool_call_format if settings.tool_call_format == "auto" else settings.tool_call_format
     tool_plan = tools.resolve(req, fmt)
     messages = tools.for_template(template_messages(req.messages), fmt)
-    check_prompt_chars(sum(len(m["content"]) for m in messages), settings, "messages")
+    chars = sum(len(m["content"]) for m in messages)
+    check_prompt_chars(chars, settings, "messages")
+    await gate.admit_prompts(chars, 0, req.max_tokens, choices.candidates)
     with_tools = {"tools": tool_plan.template_tools} if tool_plan else {}  # requests without tools: as before
     prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars, **with_tools)
+    gate.count_prompts(len(prompt))
     gen = validate(req, settings, model, [prompt], tool_schema=tool_plan.schema if tool_plan else None,
                    adapter=adapter)
     flavor = render.ChatFlavor(top_k=gen.logprobs, tools=tool_plan)
     return Job(_request_id(flavor), req, flavor, [prompt], gen)
 
 
-async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settings: Settings) -> Job:
+async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settings: Settings, gate: Gate) -> Job:
+    """The job for a completions request; `gate` admits it once it is known to be well-formed, before its prompts
+    are tokenised."""
     adapter = check_model(req.model, engine)
     model = ModelFacts.of(engine)
-    check_request(req, settings, model)
+    choices = check_request(req, settings, model)
     given = req.prompts()
-    check_prompt_chars(sum(len(p) for p in given if isinstance(p, str)), settings, "prompt")
+    chars = sum(len(p) for p in given if isinstance(p, str))
+    check_prompt_chars(chars, settings, "prompt")
+    token_ids = sum(len(p) for p in given if not isinstance(p, str))
+    await gate.admit_prompts(chars, token_ids, req.max_tokens, choices.candidates * len(given))
     prompts = [await engine.encode_text(p) if isinstance(p, str) else p for p in given]
+    gate.count_prompts(sum(len(p) for p in prompts))
     gen = validate(req, settings, model, prompts, adapter=adapter)
     echo_texts = [p if isinstance(p, str) else engine.decode(p) for p in given] if req.echo else None
     flavor = render.CompletionFlavor(top_k=gen.logprobs)

@@ -1,9 +1,10 @@
 """What keeps one client, or too many, from taking the server down.
 
 - request body size: 413 before parsing (Content-Length, then the bytes actually read);
-- rate limits per API key (per client address without keys; see `trusted_proxies`): requests and tokens per
-  minute, 429 with Retry-After and OpenAI's x-ratelimit-* headers; tokens are reserved at admission (prompt +
-  max_tokens x choices, at most a full bucket) and settled to what was used when the request ends;
+- rate limits per API key (server/rates.py): requests and tokens per minute. A request passes them before any
+  work is done for its prompt (`Gate`): its tokens are reserved on an estimate (prompt characters / 4, plus
+  max_tokens, or `rate_limit_default_reserve_tokens` without it, x sequences), corrected to the prompt's exact
+  count once it is tokenised, and settled to what was used when the request ends;
 - body read timeout: the whole body within `body_timeout_s`, else 408 and close;
 - admission: at most `max_concurrent_requests` generation requests run and `max_queued_requests` wait;
   beyond that an immediate 429 `overloaded`;
@@ -17,23 +18,25 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.deadlines import Ticket
 from server.errors import APIError, error_response
 from server.exchange import Exchange, exchange_of_scope
+from server.rates import RateLimiter, prompt_over_the_limit
 
 if TYPE_CHECKING:
     from server.settings import Protection
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# Idle buckets are full again; past this many identities the full ones are forgotten.
-_MAX_IDLE_BUCKETS = 10_000
+# Prompt text is reserved at this many characters a token before it is tokenised (English text averages about
+# four); the exact count replaces the estimate as soon as it is known, so only the admission decision uses it.
+CHARS_PER_TOKEN = 4
 
 
 # --- body size
@@ -110,132 +113,6 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-# --- rate limits
-
-
-class _Bucket:
-    """Token bucket: holds up to `capacity`, refills `capacity` per minute."""
-
-    __slots__ = ("capacity", "level", "rate", "updated")
-
-    def __init__(self, capacity: int, now: float):
-        self.capacity = capacity
-        self.rate = capacity / 60.0
-        self.level = float(capacity)
-        self.updated = now
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-        self.updated = now
-
-    def wait_for(self, amount: float) -> float:
-        return max(0.0, (amount - self.level) / self.rate)
-
-    def headers(self, kind: str) -> dict[str, str]:
-        return {
-            f"x-ratelimit-limit-{kind}": str(self.capacity),
-            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
-            f"x-ratelimit-reset-{kind}": duration((self.capacity - self.level) / self.rate),
-        }
-
-
-def duration(seconds: float) -> str:
-    """OpenAI's reset format: 1s, 6m0s, 120ms."""
-    if seconds < 1:
-        return f"{math.ceil(seconds * 1000)}ms"
-    if seconds < 60:
-        return f"{seconds:.3g}s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes}m{rest}s"
-
-
-class RateLimiter:
-    def __init__(self, rpm: int, tpm: int):
-        self.rpm = rpm
-        self.tpm = tpm
-        self._buckets: dict[str, tuple[_Bucket | None, _Bucket | None]] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.rpm or self.tpm)
-
-    def reservation(self, tokens: int) -> int:
-        """What a request that may cost `tokens` takes from its bucket at admission: all of it, but at most a
-        full bucket, so that a request whose real cost fits is never impossible; `settle` charges the rest."""
-        return min(tokens, self.tpm) if self.tpm else tokens
-
-    def charge(self, identity: str, tokens: int, prompt_tokens: int = 0) -> dict[str, str]:
-        """Takes one request and the `reservation` for `tokens` from the identity's buckets; returns the headers
-        to send, or raises 429."""
-        now = time.monotonic()
-        requests, token_bucket = self._buckets_of(identity, now)
-        for b in (requests, token_bucket):
-            if b is not None:
-                b.refill(now)
-        headers: dict[str, str] = {}
-        for b, kind in ((requests, "requests"), (token_bucket, "tokens")):
-            if b is not None:
-                headers |= b.headers(kind)
-        if token_bucket is not None and prompt_tokens > token_bucket.capacity:
-            raise APIError(
-                429,
-                f"this request's prompts are {prompt_tokens} tokens, more than the limit of "
-                f"{token_bucket.capacity} tokens per minute; send a shorter prompt",
-                code="rate_limit_exceeded", headers=headers,
-            )
-        tokens = self.reservation(tokens)
-        wait = max(
-            requests.wait_for(1) if requests is not None else 0.0,
-            token_bucket.wait_for(tokens) if token_bucket is not None else 0.0,
-        )
-        if wait > 0:
-            which = "requests" if requests is not None and requests.level < 1 else "tokens"
-            raise APIError(
-                429,
-                f"rate limit reached for {which} per minute; retry after {math.ceil(wait)} s",
-                code="rate_limit_exceeded",
-                headers={**headers, "Retry-After": str(math.ceil(wait))},
-            )
-        if requests is not None:
-            requests.level -= 1
-            headers |= requests.headers("requests")
-        if token_bucket is not None:
-            token_bucket.level -= tokens
-            headers |= token_bucket.headers("tokens")
-        return headers
-
-    def refund(self, identity: str, tokens: int) -> None:
-        """Gives back a request and its reservation: it was refused after `charge` (queue full, timed out)."""
-        requests, token_bucket = self._buckets.get(identity, (None, None))
-        if requests is not None:
-            requests.level = min(requests.capacity, requests.level + 1)
-        if token_bucket is not None:
-            token_bucket.level = min(token_bucket.capacity, token_bucket.level + self.reservation(tokens))
-
-    def settle(self, identity: str, reserved: int, used: int) -> None:
-        """A request has ended: the unused part of its reservation goes back; what it used beyond it (only
-        when the reservation was capped at a full bucket) is taken, possibly below zero, so later requests
-        wait for it."""
-        now = time.monotonic()
-        _, token_bucket = self._buckets_of(identity, now)
-        if token_bucket is not None:
-            token_bucket.refill(now)
-            token_bucket.level = min(token_bucket.capacity, token_bucket.level + reserved - used)
-
-    def _buckets_of(self, identity: str, now: float) -> tuple[_Bucket | None, _Bucket | None]:
-        found = self._buckets.get(identity)
-        if found is None:
-            if len(self._buckets) >= _MAX_IDLE_BUCKETS:
-                self._forget_full(now)
-            found = (_Bucket(self.rpm, now) if self.rpm else None, _Bucket(self.tpm, now) if self.tpm else None)
-            self._buckets[identity] = found
-        return found
-
-    def _forget_full(self, now: float) -> None:
-        for identity, buckets in list(self._buckets.items()):
-            if all(b is None or b.level + (now - b.updated) * b.rate >= b.capacity for b in buckets):
-                del self._buckets[identity]
-
-
 # --- admission
 
 
@@ -298,43 +175,114 @@ class Admission:
         self.running -= 1
 
 
-class _Budget(Protocol):
-    @property
-    def max_tokens(self) -> int: ...
-
-    @property
-    def candidates(self) -> int: ...
-
-
-class Admissible(Protocol):
-    """What admission reads of a generation request (server/generation.py's job): its prompts and its budget."""
-
-    @property
-    def prompts(self) -> Sequence[Sequence[int]]: ...
-
-    @property
-    def plan(self) -> _Budget: ...
-
-
 @dataclass(frozen=True)
 class Cost:
     """What a request may cost, known at admission: its prompt tokens plus the most it may generate.
-    It is reserved at admission and settled at the end to prompt + the completion tokens generated."""
+    `prompt_counted` false: `prompt_tokens` is an estimate from the prompt's characters, counted later."""
 
     prompt_tokens: int
     most_generated: int
+    prompt_counted: bool = True
 
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.most_generated
 
-    @classmethod
-    def of(cls, job: Admissible) -> Cost:
-        prompts = job.prompts
-        return cls(sum(len(p) for p in prompts), job.plan.max_tokens * job.plan.candidates * len(prompts))
-
 
 NO_TOKENS = Cost(0, 0)  # a request that takes a slot and a request from the rate limits, but no tokens
+
+
+def identity_of(exchange: Exchange) -> str:
+    """Whose buckets a request draws on: its API key's, else its client address's."""
+    return exchange.key_id or f"addr:{exchange.client}"
+
+
+class Gate:
+    """One request's way through the limits, before the work it asks for: one request and a token reservation
+    from its key's rate limits, then a slot (queued first-come first-served). Once its prompt is tokenised,
+    `count_prompts` puts the exact count in place of the estimate; when the exchange ends (after a stream's last
+    frame), whatever way it ends, the slot is freed and the tokens settled to what the request used.
+    A request refused after admission (a prompt too long for the context) is charged all the same."""
+
+    def __init__(self, limits: Limits, exchange: Exchange):
+        self._limits = limits
+        self._exchange = exchange
+        self._identity = identity_of(exchange)
+        self.ticket: Ticket | None = None
+        self._prompt_tokens = 0
+        self._most_generated = 0
+        self._reserved = 0
+        self._settled = False
+
+    async def admit_prompts(self, text_chars: int, token_ids: int, max_tokens: int | None, sequences: int) -> Ticket:
+        """Admits a generation request whose prompts hold `text_chars` characters of text and `token_ids` tokens
+        given as ids, and which may generate `max_tokens` (None: not given) in each of its `sequences`."""
+        per_sequence = self._limits.default_reserve_tokens if max_tokens is None else max_tokens
+        estimate = math.ceil(text_chars / CHARS_PER_TOKEN) + token_ids
+        return await self.admit(Cost(estimate, per_sequence * sequences, prompt_counted=text_chars == 0))
+
+    async def admit(self, cost: Cost) -> Ticket:
+        """Charges the rate limits, then waits for a slot; raises 429 (limits, queue full) or 504 (deadline)."""
+        limits, exchange, rates = self._limits, self._exchange, self._limits.rates
+        loop = asyncio.get_running_loop()
+        timeout_s = limits.request_timeout_s
+        ticket = Ticket(loop.time() + timeout_s - (time.perf_counter() - exchange.started), timeout_s,
+                        limits.stalled_send_grace_s)
+        if rates:
+            try:
+                exchange.set_headers(rates.charge(self._identity, cost.tokens,
+                                                  cost.prompt_tokens if cost.prompt_counted else 0))
+            except APIError:
+                exchange.reject_reason = "rate_limited"
+                raise
+        try:
+            await ticket.within(limits.admission.acquire())
+        except BaseException as err:
+            if isinstance(err, APIError):
+                exchange.reject_reason = "overloaded" if err.code == "overloaded" else err.code
+            if rates:
+                rates.refund(self._identity, cost.tokens)
+            raise
+        limits.tickets.add(ticket)
+        self.ticket = ticket
+        self._prompt_tokens, self._most_generated = cost.prompt_tokens, cost.most_generated
+        self._reserved = rates.reservation(cost.tokens) if rates else 0
+        exchange.on_end(self._end)
+        return ticket
+
+    def count_prompts(self, prompt_tokens: int) -> None:
+        """The prompts are tokenised: the reservation follows their exact count (a debt if the key has not the
+        difference). Prompts larger than a full bucket are refused, and charged: the tokenising was done."""
+        rates = self._limits.rates
+        self._prompt_tokens = prompt_tokens
+        if not rates or self.ticket is None:
+            return
+        reserved = rates.reservation(prompt_tokens + self._most_generated)
+        rates.take(self._identity, reserved - self._reserved)
+        self._reserved = reserved
+        headers = rates.headers(self._identity)
+        self._exchange.set_headers(headers)  # a stream's headers show the reservation as counted
+        if rates.tpm and prompt_tokens > rates.tpm:
+            self._exchange.reject_reason = "rate_limited"
+            raise prompt_over_the_limit(prompt_tokens, rates.tpm, headers)
+
+    def settle(self) -> None:
+        """Settles the reservation to what the request used: its prompt tokens and the completion tokens it
+        generated (`exchange.completion_tokens`); the x-ratelimit-* headers then show the key's state after it.
+        Once: at the exchange's end, or before the response starts when the request is over by then."""
+        rates = self._limits.rates
+        if self._settled or self.ticket is None or not rates:
+            return
+        self._settled = True
+        used = self._prompt_tokens + (self._exchange.completion_tokens or 0)
+        rates.settle(self._identity, self._reserved, used)
+        self._exchange.set_headers(rates.headers(self._identity))
+
+    def _end(self) -> None:
+        assert self.ticket is not None
+        self._limits.tickets.discard(self.ticket)
+        self._limits.admission.release()
+        self.settle()
 
 
 class Limits:
@@ -343,51 +291,24 @@ class Limits:
     def __init__(self, protection: Protection):
         self.request_timeout_s = protection.request_timeout_s
         self.stalled_send_grace_s = protection.stalled_send_grace_s
+        self.default_reserve_tokens = protection.rate_limit_default_reserve_tokens
         self.rates = RateLimiter(protection.rate_limit_rpm, protection.rate_limit_tpm)
         self.admission = Admission(protection.max_concurrent_requests, protection.max_queued_requests)
         self.tickets: set[Ticket] = set()
 
-    async def admit(self, job: Admissible, exchange: Exchange) -> Ticket:
-        return await self.admit_cost(Cost.of(job), exchange)
+    def gate(self, exchange: Exchange) -> Gate:
+        """The way through the limits for the request `exchange` records (nothing is charged yet)."""
+        return Gate(self, exchange)
 
-    async def admit_cost(self, cost: Cost, exchange: Exchange) -> Ticket:
-        """Charges the rate limits, then waits for a slot; the slot is freed, and the tokens settled, when the
-        exchange ends (after a stream's last frame), whatever way it ends."""
-        loop = asyncio.get_running_loop()
-        timeout_s = self.request_timeout_s
-        ticket = Ticket(loop.time() + timeout_s - (time.perf_counter() - exchange.started), timeout_s,
-                        self.stalled_send_grace_s)
-        identity = identity_of(exchange)
-        if self.rates:
-            try:
-                exchange.set_headers(self.rates.charge(identity, cost.tokens, cost.prompt_tokens))
-            except APIError:
-                exchange.reject_reason = "rate_limited"
-                raise
-        try:
-            await ticket.within(self.admission.acquire())
-        except APIError as err:
-            exchange.reject_reason = "overloaded" if err.code == "overloaded" else err.code
-            if self.rates:
-                self.rates.refund(identity, cost.tokens)
-            raise
-        self.tickets.add(ticket)
-        reserved = self.rates.reservation(cost.tokens) if self.rates else 0
-
-        def end() -> None:
-            self.tickets.discard(ticket)
-            self.admission.release()
-            if self.rates:  # completion_tokens counts what was generated
-                self.rates.settle(identity, reserved, cost.prompt_tokens + (exchange.completion_tokens or 0))
-
-        exchange.on_end(end)
-        return ticket
-
-    def charge_used(self, exchange: Exchange, tokens: int) -> None:
-        """Takes `tokens` of work done for a request besides its generation (its guard checks) from its
-        requester's token limit, possibly below zero, so that the requester's next requests wait for it."""
-        if self.rates:
-            self.rates.settle(identity_of(exchange), 0, tokens)
+    def charge_tokens(self, exchange: Exchange, tokens: int) -> None:
+        """Charges `tokens` more to the key of an admitted request, for work done on its behalf beyond its
+        prompt and completion (a guard's check): taken at once, below zero as a debt its next admission waits
+        for. The headers of a response not yet started show it."""
+        if self.rates and tokens > 0:
+            identity = identity_of(exchange)
+            self.rates.take(identity, tokens)
+            if self.rates.tpm:
+                exchange.set_headers(self.rates.headers(identity))
 
     def expire_all(self, reason: str) -> int:
         for t in list(self.tickets):
@@ -400,13 +321,3 @@ class Limits:
              self.admission.running),
             ("llamaserve_requests_queued", "generation requests waiting for a slot", self.admission.waiting),
         ]
-
-
-def identity_of(exchange: Exchange) -> str:
-    """Whom the rate limits count a request against: its API key, else its client's address."""
-    return exchange.key_id or f"addr:{exchange.client}"
-
-
-def charged_tokens(job: Admissible) -> int:
-    """What a request may cost, known at admission (`Cost`): its prompt tokens plus the most it may generate."""
-    return Cost.of(job).tokens

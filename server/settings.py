@@ -95,6 +95,8 @@ class Settings(EngineFields, BaseSettings):
     metrics_require_key: bool = False
     rate_limit_rpm: int = Field(1000, ge=0, description="requests per minute per key; 0 turns it off")
     rate_limit_tpm: int = Field(200_000, ge=0, description="tokens per minute per key; 0 turns it off")
+    rate_limit_default_reserve_tokens: int = Field(
+        256, ge=1, description="tokens reserved per sequence for a request without max_tokens, until settled")
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="IPs/CIDRs whose X-Forwarded-For names the client (comma-separated); none by default",
@@ -287,6 +289,7 @@ class Protection:
     # rates, admission and deadlines (server/limits.py Limits)
     rate_limit_rpm: int
     rate_limit_tpm: int
+    rate_limit_default_reserve_tokens: int
     max_concurrent_requests: int
     max_queued_requests: int
     request_timeout_s: float

@@ -12,7 +12,8 @@ import yaml
 from fastapi.routing import APIRoute
 
 from server.errors import APIError
-from server.limits import Limits, RateLimiter
+from server.limits import Limits
+from server.rates import RateLimiter
 from server.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def test_guide_names_the_files():
 @pytest.mark.parametrize("path", DEPLOYMENTS, ids=lambda p: p.stem)
 def test_the_gateways_callers_are_not_throttled_as_one(path, clean_env):
     # Azure checks the key and keeps the quota; every request reaches the container from the gateway's address.
-    # With the server's limiter on, a chat request without max_tokens is charged max_model_len: the second 429s.
+    # With the server's limiter on, requests of max_model_len tokens from the gateway's one address: the second 429s.
     d = yaml.safe_load(path.read_text())
     for name, value in d["environment_variables"].items():
         clean_env.setenv(name, value)

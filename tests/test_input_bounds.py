@@ -12,11 +12,11 @@ import pytest
 
 from engine.errors import EngineFailure, EngineUnavailable
 from schemas import CompletionRequest
-from server.limits import Admission, charged_tokens
 from server.deadlines import Ticket
 from server.errors import APIError
-from server.job import Job
-from tests.engine_inputs import engine_input
+from server.exchange import Exchange
+from server.generation import prepare_completion
+from server.limits import Admission, Limits
 from tests.probes import metric
 from tests.scripted_engine import InProcess, ScriptedEngine, settings
 
@@ -84,11 +84,18 @@ def test_the_sequence_cap_is_a_setting():
     _error(resp, 400, "n", "too_many_sequences")
 
 
-def test_the_token_charge_counts_every_prompt_and_candidate():
+def test_the_token_reservation_counts_every_prompt_and_candidate():
     prompts = [[1, 2], [3, 4, 5], [6]]
     req = CompletionRequest.model_validate({"prompt": prompts, "max_tokens": 10, "n": 3, "temperature": 1})
-    job = Job("x", req, None, prompts, engine_input(req, prompts))  # type: ignore[arg-type]
-    assert charged_tokens(job) == 6 + 10 * 3 * 3
+    cfg = settings(rate_limit_tpm=120)  # refills 2 tokens a second: none while this runs in well under 0.5 s
+    exchange = Exchange("rid", "POST", "/v1/completions", "127.0.0.1")
+
+    async def main() -> None:
+        await prepare_completion(req, ScriptedEngine(), cfg, Limits(cfg).gate(exchange))
+
+    run(main())
+    reserved = 120 - int(dict(exchange.response_headers)[b"x-ratelimit-remaining-tokens"])
+    assert reserved == 6 + 10 * 3 * 3
 
 
 # --- 6. input ranges the engine survives

@@ -39,6 +39,28 @@ def _launch_limited(tiny_model, tmp_path_factory) -> ServerProcess:
     )
 
 
+# The chart's (helm/llamaserve/values.yaml) context and limits: its preset's 131,072 tokens, the settings' default
+# rates and admission (200,000 tokens and 1,000 requests a minute a key, 256 slots).
+CHART_CONTEXT = 131072
+CHART_KEY = "chart-defaults-key-0123456789abcdef"
+
+
+@planned("chart_defaults", group=LIMITS_TO_MODEL_MODES)
+def _launch_chart_defaults(tiny_model, tmp_path_factory) -> ServerProcess:
+    return ServerProcess(
+        ["--max-model-len", str(CHART_CONTEXT), "--cpu-kvcache-space-gib", "1"],
+        env={"LLAMASERVE_API_KEYS": CHART_KEY, "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
+        allow_unauthenticated=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def chart_defaults(request):
+    srv = take("chart_defaults", request)
+    yield srv
+    srv.stop_in_background()
+
+
 @pytest.fixture(scope="module")
 def limited(request):
     srv = take("limited", request)
@@ -77,11 +99,14 @@ def test_requests_per_minute(limited):
 def test_tokens_per_minute_charge_prompt_plus_max_tokens_times_choices(limited):
     body = {"prompt": "hi", "max_tokens": 100, "n": 16, "ignore_eos": True}  # each uses all it reserved
     with _client(limited, 2) as c:
+        started = time.monotonic()
         first = c.post("/v1/completions", json=body)
+        took = time.monotonic() - started
         assert first.status_code == 200, first.text
         charged = TPM - int(first.headers["x-ratelimit-remaining-tokens"])
         prompt_tokens = first.json()["usage"]["prompt_tokens"]
-        assert charged in (prompt_tokens + 1600, prompt_tokens + 1601)  # refill may add a token meanwhile
+        # The headers show the bucket after the request was settled: less what it refilled while the request ran.
+        assert prompt_tokens + 1600 - took * TPM / 60 - 1 <= charged <= prompt_tokens + 1600
         statuses = [c.post("/v1/completions", json=body).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
 
@@ -92,8 +117,10 @@ def test_what_a_request_did_not_use_is_refunded_when_it_ends(limited):
         responses = [c.post("/v1/completions", json=body) for _ in range(4)]
     assert [r.status_code for r in responses] == [200] * 4, responses[-1].text
     assert all(r.json()["usage"]["completion_tokens"] == 4 for r in responses)
-    # Each saw its own reservation taken while it ran, and the previous ones' refunds.
-    assert all(int(r.headers["x-ratelimit-remaining-tokens"]) < TPM - 4000 for r in responses)
+    # Each is answered with the bucket after its settlement: the prompts and 4 tokens each charged so far.
+    used = responses[0].json()["usage"]["total_tokens"]
+    remaining = [int(r.headers["x-ratelimit-remaining-tokens"]) for r in responses]
+    assert all(TPM - (i + 1) * used <= left <= TPM for i, left in enumerate(remaining)), remaining
 
 
 def test_a_request_that_may_cost_more_than_the_token_limit_is_served_when_its_use_fits(limited):
@@ -103,6 +130,29 @@ def test_a_request_that_may_cost_more_than_the_token_limit_is_served_when_its_us
         assert resp.status_code == 200, resp.text
         assert resp.json()["usage"]["completion_tokens"] == 16
         assert c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1}).status_code == 200
+
+
+def test_two_concurrent_chats_without_max_tokens_pass_the_charts_default_limits(chart_defaults):
+    # A chat without max_tokens may run to the end of the context: 131,072 tokens, of 200,000 a minute. Each
+    # reserves a bounded estimate instead, and is charged what it used.
+    headers = {"api-key": CHART_KEY, **PASS}
+    hi = [{"role": "user", "content": "hi"}]
+    # The first runs for at least `min_tokens`, and its frames (4 choices x 20 alternatives) fill the socket
+    # buffers long before that: unread, it holds its slot and its reservation until the client leaves.
+    long_stream = {"messages": hi, "n": 4, "logprobs": True, "top_logprobs": 20, "min_tokens": 5000,
+                   "stream": True, **ONE_TOKEN_EACH}
+    with httpx.Client(base_url=chart_defaults.base_url, timeout=60, headers=headers) as c:
+        with c.stream("POST", "/v1/chat/completions", json=long_stream) as first:
+            assert first.status_code == 200, first.read()
+            lines = first.iter_lines()  # kept: dropping a started httpx iterator closes the connection
+            assert next(lines).startswith("data: ")  # admitted and generating
+            second = c.post("/v1/chat/completions", json={"messages": hi, **ONE_TOKEN_EACH})
+            # The first was admitted before the second was sent, and is still in flight after its answer.
+            assert metric(_metrics(chart_defaults), "llamaserve_requests_in_flight") == 1
+        # Leaving the first stream ends it (reading its thousands of steps to the end would take minutes here).
+    assert second.status_code == 200, second.text
+    assert second.json()["choices"][0]["finish_reason"] == "stop"
+    assert wait_until(lambda: metric(_metrics(chart_defaults), "llamaserve_requests_in_flight") == 0, 10)
 
 
 def test_overload_is_refused_at_once_and_slots_are_held_until_the_last_frame(limited):

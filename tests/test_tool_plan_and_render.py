@@ -277,10 +277,14 @@ class RecordingEngine:
 def prepare(engine, settings_fields=None, **fields):
     import asyncio
 
+    from server.exchange import Exchange
     from server.generation import prepare_chat
+    from server.limits import Limits
     from server.settings import Settings
 
-    return asyncio.run(prepare_chat(request(**fields), engine, Settings(**(settings_fields or {}))))
+    settings = Settings(**(settings_fields or {}))
+    gate = Limits(settings).gate(Exchange("rid", "POST", "/v1/chat/completions", "127.0.0.1"))
+    return asyncio.run(prepare_chat(request(**fields), engine, settings, gate))
 
 
 def test_the_tool_call_format_setting_overrides_the_models(clean_env):

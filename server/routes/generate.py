@@ -1,9 +1,11 @@
 """The four completion routes: Azure's /chat/completions and /completions, OpenAI's and Llama's /v1/ twins.
 
-A generation request's lifetime is put together here, in `_serve`: parsed and prepared (server/generation.py),
-admitted (a slot and the rate limits, freed and settled when the exchange ends), traced (metrics and the access
-log's token counts, at the exchange's end), checked by the guard if one is on, and answered within its deadline.
-The exchange's end is the outermost middleware's (server/observability.py), after the response's last byte.
+A generation request's lifetime is put together here, in `_serve`: parsed, admitted (the rate limits and a slot,
+before its prompt is tokenised; see server/limits.py `Gate`) and prepared (server/generation.py), traced (metrics
+and the access log's token counts, at the exchange's end), checked by the guard if one is on, and answered within
+its deadline. The slot is freed at the exchange's end, the outermost middleware's (server/observability.py), after
+the response's last byte; the tokens are settled then too, or before a full response starts, so that its
+x-ratelimit-* headers show them.
 """
 
 from __future__ import annotations
@@ -33,20 +35,27 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
     engine = state.ready_engine()
     exchange = exchange_of(request)
     adapters.check_access(state.settings, exchange.key_id, req.model, engine)
+    gate = state.limits.gate(exchange)  # admits within `prepare`, before the prompt is tokenised
     try:
-        job = await prepare(req, engine, state.settings)
-        ticket = await state.limits.admit(job, exchange)  # the slot's release and the tokens' settling: on_end
+        job = await prepare(req, engine, state.settings, gate)
+        ticket = gate.ticket
+        assert ticket is not None
         _trace(state, exchange, job, engine)
         if state.moderator is not None:
-            requester = Requester(identity_of(exchange), lambda tokens: state.limits.charge_used(exchange, tokens))
+            requester = Requester(identity_of(exchange), lambda tokens: state.limits.charge_tokens(exchange, tokens))
             job.moderation = state.moderator.for_request(job.request, job.prompts, job.total_choices, engine,
                                                          exchange.key_id, requester)
         # A streamed reply's frames pass through the ticket, which ends the event stream at the deadline.
         options = sse.event_stream_options(state.settings.protection.shutdown_grace_s)
-        reply = respond.respond(job, engine, request, ticket.stream, **options)
-        return await ticket.within(reply)
-    except EngineError as exc:
-        raise engine_error(exc) from exc
+        reply = await ticket.within(respond.respond(job, engine, request, ticket.stream, **options))
+    except BaseException as exc:
+        gate.settle()  # the request is over before its response starts: its headers show the settled state
+        if isinstance(exc, EngineError):
+            raise engine_error(exc) from exc
+        raise
+    if not job.request.stream:
+        gate.settle()
+    return reply
 
 
 def _trace(state: ServerState, exchange: Exchange, job: generation.Job, engine: LlamaEngine) -> None:

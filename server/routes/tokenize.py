@@ -25,8 +25,8 @@ router = APIRouter(tags=["tokenizer"])
 
 
 async def _admit(state: ServerState, request: Request) -> None:
-    """One request, no tokens, one slot until the response is sent (through the generation routes' admission)."""
-    await state.limits.admit_cost(NO_TOKENS, exchange_of(request))
+    """One request, no tokens, one slot until the response is sent (the generation routes' `Gate`)."""
+    await state.limits.gate(exchange_of(request)).admit(NO_TOKENS)
 
 
 @router.post("/tokenize", openapi_extra=body_doc(TokenizeRequest))
