@@ -247,12 +247,13 @@ def test_one_keys_checks_run_a_few_at_a_time_and_wait_their_turn_outside_the_tim
 def test_guard_checks_are_charged_to_the_keys_token_limit():
     key = "k" * 32
     # 2,000 prompt tokens (one per character here), 4 generated (" W W W W"): 2,004 per request. The guard reads
-    # the prompt (2,000 tokens) and the prompt with the output (2,008): 4,008 more. A limit of 7,000 tokens a minute
-    # (117 a second refilled) admits a second request only if the checks went unpaid.
+    # the prompt (2,000 tokens) and the prompt with the output (2,008): 4,008 more. With a limit of 5,000 tokens a
+    # minute (83 a second refilled) the paid checks leave the key in debt, which its next admission must wait for;
+    # unpaid, the bucket still holds a second request.
     chat = {"messages": [{"role": "user", "content": "w " * 1000}], "max_tokens": 4}
 
     async def scenario(guard_on: bool):
-        config = settings(api_keys=key, rate_limit_tpm=7000, **({} if guard_on else {"guard": "off"}))
+        config = settings(api_keys=key, rate_limit_tpm=5000, **({} if guard_on else {"guard": "off"}))
         async with running(config, ScriptedGuard() if guard_on else None) as (client, _, _engine):
             first = await client.post("/v1/chat/completions", json=chat, headers={"api-key": key})
             second = await client.post("/v1/chat/completions", json=chat, headers={"api-key": key})
