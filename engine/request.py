@@ -23,11 +23,10 @@ class Mode(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class StructuredOutput:
-    """The shape the output must take: exactly one of the three is set."""
+    """The shape the output must take: an xgrammar EBNF grammar of strict JSON (engine/grammar.py), whether for
+    response_format or a forced tool call."""
 
-    json_object: bool = False
-    json_schema: dict[str, Any] | None = None
-    grammar: str | None = None  # xgrammar EBNF (engine/grammar.py), e.g. for a forced tool call
+    grammar: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,8 +63,4 @@ def beam_step_params(gen: GenerationInput, max_tokens: int = 1) -> SamplingParam
 def _structured_outputs(shape: StructuredOutput | None) -> StructuredOutputsParams | None:
     if shape is None:
         return None
-    if shape.grammar is not None:
-        return StructuredOutputsParams(grammar=shape.grammar)
-    if shape.json_object:
-        return StructuredOutputsParams(json_object=True)
-    return StructuredOutputsParams(json=shape.json_schema)
+    return StructuredOutputsParams(grammar=shape.grammar)

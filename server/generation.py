@@ -18,6 +18,7 @@ from server.errors import APIError
 from server.job import Job
 from server.limits import Gate
 from server.settings import Settings
+from server.structured import structured_output
 from server.tools import plan as tools
 from server.validation import ModelFacts, check_prompt_chars, check_request, validate
 
@@ -51,8 +52,8 @@ async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings
     with_tools = {"tools": tool_plan.template_tools} if tool_plan else {}  # requests without tools: as before
     prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars, **with_tools)
     gate.count_prompts(len(prompt))
-    gen = validate(req, settings, model, [prompt], tool_schema=tool_plan.schema if tool_plan else None,
-                   adapter=adapter)
+    shape = await structured_output(req, tool_plan.schema if tool_plan else None, settings.grammar_timeout_s)
+    gen = validate(req, settings, model, [prompt], structured_output=shape, adapter=adapter)
     flavor = render.ChatFlavor(top_k=gen.logprobs, tools=tool_plan)
     return Job(_request_id(flavor), req, flavor, [prompt], gen)
 
@@ -70,7 +71,8 @@ async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settin
     await gate.admit_prompts(chars, token_ids, req.max_tokens, choices.candidates * len(given))
     prompts = [await engine.encode_text(p) if isinstance(p, str) else p for p in given]
     gate.count_prompts(sum(len(p) for p in prompts))
-    gen = validate(req, settings, model, prompts, adapter=adapter)
+    shape = await structured_output(req, None, settings.grammar_timeout_s)
+    gen = validate(req, settings, model, prompts, structured_output=shape, adapter=adapter)
     echo_texts = [p if isinstance(p, str) else engine.decode(p) for p in given] if req.echo else None
     flavor = render.CompletionFlavor(top_k=gen.logprobs)
     return Job(_request_id(flavor), req, flavor, prompts, gen, echo_texts)

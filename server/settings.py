@@ -77,7 +77,10 @@ class Settings(EngineFields, BaseSettings):
         2_000_000, ge=1, description="most characters of prompt text in one request (all prompts; rendered chat)"
     )
 
-    # --- tool calling
+    # --- structured output and tool calling
+    grammar_timeout_s: float = Field(
+        10.0, gt=0, description="longest a response_format or forced tool call grammar may take to build (else 400)"
+    )
     tool_call_format: Literal["auto", "llama3_json", "pythonic", "llama4_pythonic"] = Field(
         "auto", description="how the model writes tool calls; auto: read from its config and chat template"
     )

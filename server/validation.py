@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.errors import InvalidGenerationRequest
-from engine.grammar import llama_json_grammar
 from engine.request import BeamParameters, GenerationInput, Mode, StructuredOutput
 from schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
@@ -146,10 +145,10 @@ def check_request(req: GenerationRequest, limits: ApiLimits, model: ModelFacts) 
 
 
 def validate(req: GenerationRequest, limits: ApiLimits, model: ModelFacts, prompts: list[list[int]], *,
-             tool_schema: dict[str, Any] | None = None, adapter: Adapter | None = None) -> GenerationInput:
+             structured_output: StructuredOutput | None = None, adapter: Adapter | None = None) -> GenerationInput:
     """The engine's input for `req` on `prompts` (token ids, one list per prompt), or an InvalidInput.
 
-    `tool_schema`: the JSON schema a forced tool call must match (it overrides response_format);
+    `structured_output`: the grammar the answer must match (server/structured.py), None for free text;
     `adapter`: the LoRA adapter the request's `model` names, None for the base model.
     """
     choices = check_request(req, limits, model)
@@ -177,7 +176,7 @@ def validate(req: GenerationRequest, limits: ApiLimits, model: ModelFacts, promp
         stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()),
         stop_token_ids=tuple(req.stop_token_ids or ()),
         logit_bias=logit_bias,
-        structured_output=_structured_output(req, tool_schema),
+        structured_output=structured_output,
         logprobs=logprobs,
         prompt_logprobs=logprobs if echo else None,
         pass_through=req.extra_fields(),
@@ -258,18 +257,3 @@ def _logit_bias(req: GenerationRequest, model: ModelFacts) -> dict[int, float] |
         raise InvalidParameter("logit_bias keys must be token ids", "logit_bias") from None
     model.check_token_ids(list(bias), "logit_bias")
     return bias
-
-
-def _structured_output(req: GenerationRequest, tool_schema: dict[str, Any] | None) -> StructuredOutput | None:
-    if tool_schema is not None:
-        try:
-            return StructuredOutput(grammar=llama_json_grammar(tool_schema))
-        except InvalidGenerationRequest as exc:
-            raise InvalidParameter(exc.message, exc.param) from exc
-    fmt = req.response_format
-    if fmt is None or fmt.type == "text":
-        return None
-    if fmt.type == "json_object":
-        return StructuredOutput(json_object=True)
-    assert fmt.json_schema is not None
-    return StructuredOutput(json_schema=fmt.json_schema.json_schema)

@@ -105,3 +105,35 @@ def test_schemathesis_finds_no_server_error(server):
     print("\n[schemathesis]", summary[-1200:])
     assert run.returncode == 0, summary + run.stderr[-2000:]
     _alive(server)
+
+
+def _deep_tool(levels: int) -> bytes:
+    parameters = '{"type": "object", "properties": {"a": ' + '{"type": "array", "items": ' * levels + "{}" + \
+        "}" * levels + "}}"
+    return ('{"type": "function", "function": {"name": "f", "parameters": ' + parameters + "}}").encode()
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/chat/completions"])
+@pytest.mark.parametrize("choice", [b'"required"', b'"auto"'])
+@pytest.mark.parametrize("levels", [600, 1000])
+def test_tool_parameters_nested_hundreds_deep_are_a_400_on_the_real_engine(server, route, choice, levels):
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "tools": [' + _deep_tool(levels) + \
+        b'], "tool_choice": ' + choice + b"}"
+    resp = httpx.post(server.base_url + route, content=body, headers=JSON, timeout=60)
+    assert resp.status_code == 400, resp.text[:300]
+    assert resp.json()["error"]["param"] == "tools"
+    _alive(server)
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/chat/completions", "/tokenize"])
+def test_history_tool_call_arguments_nested_1e5_deep_are_a_400_on_the_real_engine(server, route):
+    arguments = "[" * 100_000 + "]" * 100_000
+    messages = [{"role": "user", "content": "hi"},
+                {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                                      "function": {"name": "f", "arguments": arguments}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "ok"}]
+    body = {"messages": messages} if route == "/tokenize" else {"messages": messages, "max_tokens": 1}
+    resp = httpx.post(server.base_url + route, json=body, timeout=60)
+    assert resp.status_code == 400, resp.text[:300]
+    assert "nest deeper than 64" in resp.json()["error"]["message"]
+    _alive(server)

@@ -334,3 +334,37 @@ def test_tokenize_is_rate_limited():
     assert first.status_code == second.status_code == 200
     _error(third, 429, None, "rate_limit_exceeded")
     assert "x-ratelimit-remaining-requests" in first.headers
+
+
+# --- nesting: refused with a 400 before anything recurses into it
+
+DEEP = 100_000
+
+
+def _deep_parameters(levels: int) -> str:
+    """An object schema whose one property is an array of arrays `levels` deep, as JSON text (json.dumps
+    itself recurses too deep for it)."""
+    return '{"type": "object", "properties": {"a": ' + '{"type": "array", "items": ' * levels + "{}" + "}" * levels + "}}"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat/completions", "/tokenize"])
+def test_tool_call_arguments_nested_too_deep_in_the_history_are_a_400(path):
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather",
+                                                           "arguments": "[" * DEEP + "]" * DEEP}}
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    resp, engine = post(path, {"messages": messages})
+    assert resp.status_code == 400, resp.text[:300]
+    assert "nest deeper than 64" in resp.json()["error"]["message"]
+    assert engine.started == []
+
+
+@pytest.mark.parametrize("levels", [600, 1000])
+@pytest.mark.parametrize("choice", ["required", "auto"])
+def test_tool_parameters_nested_hundreds_deep_are_a_400(levels, choice):
+    tool = '{"type": "function", "function": {"name": "get_weather", "parameters": ' + _deep_parameters(levels) + "}}"
+    body = f'{{"messages": {json.dumps(MSG)}, "tools": [{tool}], "tool_choice": "{choice}"}}'
+    resp, engine = post("/v1/chat/completions", body.encode())
+    err = _error(resp, 400, "tools", "schema_too_deep")
+    assert "64 levels" in err["message"]
+    assert engine.started == []

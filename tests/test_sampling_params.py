@@ -3,7 +3,10 @@ In process, no engine (vLLM's SamplingParams is a plain object)."""
 
 from __future__ import annotations
 
-from engine.request import Mode
+import dataclasses
+
+from engine.grammar import json_object_grammar
+from engine.request import Mode, StructuredOutput
 from engine.sampling import beam_step_params, to_sampling_params
 from schemas import ChatCompletionRequest
 from tests.engine_inputs import engine_input
@@ -34,9 +37,10 @@ def test_best_of_keeps_the_logprobs_it_ranks_by():
     assert to_sampling_params(gen(n=3), stream=False).logprobs is None
 
 
-def test_structured_output():
-    p = to_sampling_params(gen(response_format={"type": "json_object"}), stream=False)
-    assert p.structured_outputs.json_object is True
+def test_structured_output_reaches_vllm_as_its_grammar():
+    shape = StructuredOutput(grammar=json_object_grammar())
+    p = to_sampling_params(dataclasses.replace(gen(), structured_output=shape), stream=False)
+    assert p.structured_outputs.grammar == shape.grammar and not p.structured_outputs.json_object
     assert to_sampling_params(gen(), stream=False).structured_outputs is None
 
 

@@ -202,3 +202,19 @@ def test_forced_call_cut_by_max_tokens_keeps_what_was_generated():
 def test_forced_call_in_another_key_order_is_read_whole():
     text = '{"parameters": {"city": "Rome"}, "name": "get_weather"}'
     assert parse(ForcedCallParser(NAMES), text) == Parsed(None, [call("get_weather", city="Rome")])
+
+
+@pytest.mark.parametrize("text", [
+    "[get_weather(city=" + "-" * 1500 + "1)]",
+    '{"name": "get_weather", "parameters": {"city": ' + "[" * 1200 + "]" * 1200 + "}}",
+    '{"name": "get_weather", "arguments": "' + "[" * 1200 + "]" * 1200 + '"}',
+    "[get_weather(city=" + "[" * 1200 + "]" * 1200 + ")]",
+])
+def test_output_nested_past_what_the_readers_recurse_into_is_content(text):
+    assert observed(auto(text)) == (text, [])
+    assert observed(by_char(text)) == (text, [])
+
+
+def test_a_forced_call_nested_too_deep_to_read_whole_is_content():
+    text = '{"parameters": {"city": ' + "[" * 1200 + "]" * 1200 + '}, "name": "get_weather"}'
+    assert observed(parse(ForcedCallParser(NAMES), text)) == (text, [])

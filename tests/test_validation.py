@@ -89,25 +89,10 @@ def test_logit_bias_keys_become_token_ids():
     assert gate(chat(logit_bias={"5": 1.5, "0": -100})).logit_bias == {5: 1.5, 0: -100}
 
 
-def test_structured_output():
-    assert gate(chat(response_format={"type": "text"})).structured_output is None
-    assert gate(chat(response_format={"type": "json_object"})).structured_output == StructuredOutput(json_object=True)
-    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    spec = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-    assert gate(chat(response_format=spec)).structured_output == StructuredOutput(json_schema=schema)
-
-
-def test_a_tool_schema_becomes_a_grammar_over_response_format():
-    schema = {"type": "object", "properties": {"name": {"const": "get_weather"}}, "required": ["name"]}
-    gen = validate(chat(response_format={"type": "json_object"}), Limits(), model_facts(), PROMPT, tool_schema=schema)
-    assert gen.structured_output.grammar and "get_weather" in gen.structured_output.grammar
-    assert not gen.structured_output.json_object
-
-
-def test_a_tool_schema_that_cannot_be_enforced_names_tools():
-    with pytest.raises(InvalidParameter) as caught:
-        validate(chat(), Limits(), model_facts(), PROMPT, tool_schema={"type": "no-such-type"})
-    assert caught.value.param == "tools"
+def test_the_structured_output_given_is_the_one_the_engine_gets():
+    shape = StructuredOutput(grammar='root ::= "{}"')
+    assert gate(chat()).structured_output is None
+    assert validate(chat(), Limits(), model_facts(), PROMPT, structured_output=shape).structured_output is shape
 
 
 def test_logprobs_and_echo():

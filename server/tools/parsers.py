@@ -17,11 +17,13 @@ streaming the arguments as they are generated.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+
+from server.tools.events import CallArguments, CallStart, Content, Event, Parsed, ParsedCall, collect
+from server.tools.json_calls import json_call, skip_space, string_end
+from server.tools.pythonic_calls import pythonic_calls
 
 PYTHON_TAG = "<|python_tag|>"  # Llama 3.x: what follows is a tool call
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"  # Llama 4
@@ -30,54 +32,6 @@ _TAGS = (PYTHON_TAG, PYTHON_START, PYTHON_END)
 _SEPARATORS = " \t\r\n;,"
 # First keys a JSON call may open with; any other first key means the object is not a call.
 _CALL_KEYS = frozenset({"name", "type", "function", "parameters", "arguments"})
-_DECODER = json.JSONDecoder()
-
-
-@dataclass(frozen=True, slots=True)
-class Content:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class CallStart:
-    """A new call; its index is the number of calls started before it."""
-
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class CallArguments:
-    """More of the arguments JSON of the latest call."""
-
-    text: str
-
-
-Event = Content | CallStart | CallArguments
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedCall:
-    name: str
-    arguments: str
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    content: str | None
-    calls: list[ParsedCall]
-
-
-def collect(events: list[Event]) -> Parsed:
-    """Events folded into a message: content (None when empty) and complete calls."""
-    content, calls = [], []
-    for e in events:
-        if isinstance(e, Content):
-            content.append(e.text)
-        elif isinstance(e, CallStart):
-            calls.append([e.name, ""])
-        else:
-            calls[-1][1] += e.text
-    return Parsed("".join(content) or None, [ParsedCall(n, a) for n, a in calls])
 
 
 def parse(parser: CallParser | ForcedCallParser, text: str) -> Parsed:
@@ -189,7 +143,7 @@ class CallParser:
         after = pos + len(tag)
         if tag == PYTHON_END:  # closes a Llama 4 call block: no content
             return _Calls([], after) if self._calls else _NotACall(after)
-        body = _skip_space(text, after)
+        body = skip_space(text, after)
         if body == len(text):
             return _NotACall(after) if final else _UNDECIDED
         if text[body] == "{":
@@ -204,12 +158,12 @@ class CallParser:
 
     def _look_json(self, pos: int, final: bool) -> _NotACall | _Calls | None:
         text = self._text
-        key_at = _skip_space(text, pos + 1)
+        key_at = skip_space(text, pos + 1)
         if key_at == len(text):
             return _NotACall(pos + 1) if final else _UNDECIDED
         if text[key_at] != '"':
             return _NotACall(pos + 1)
-        key_end = _string_end(text, key_at)
+        key_end = string_end(text, key_at)
         if key_end is None:
             return _NotACall(pos + 1) if final else _UNDECIDED
         try:
@@ -221,7 +175,7 @@ class CallParser:
         end = self._closing(pos, '"')
         if end is None:
             return _NotACall(pos + 1) if final else _UNDECIDED
-        call = _json_call(text[pos:end], self._names)
+        call = json_call(text[pos:end], self._names)
         return _NotACall(end) if call is None else _Calls([call], end)
 
     def _look_pythonic(self, pos: int, final: bool) -> _NotACall | _Calls | None:
@@ -234,7 +188,7 @@ class CallParser:
         end = self._closing(pos, "\"'")
         if end is None:
             return _NotACall(pos + 1) if final else _UNDECIDED
-        calls = _pythonic_calls(text[pos:end], self._names)
+        calls = pythonic_calls(text[pos:end], self._names)
         return _NotACall(end) if calls is None else _Calls(calls, end)
 
 
@@ -306,28 +260,6 @@ class ForcedCallParser:
         return text[start:i]
 
 
-# --- text helpers
-
-
-def _skip_space(text: str, i: int) -> int:
-    while i < len(text) and text[i].isspace():
-        i += 1
-    return i
-
-
-def _string_end(text: str, i: int) -> int | None:
-    """Index after the JSON string opening at text[i], or None when it has not closed yet."""
-    i += 1
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        if text[i] == '"':
-            return i + 1
-        i += 1
-    return None
-
-
 @dataclass(slots=True)
 class _Scan:
     """Where a bracket scan stopped, so that the next piece of text resumes it instead of starting over."""
@@ -363,107 +295,3 @@ def _closing(text: str, scan: _Scan, quotes: str) -> int | None:
     return None
 
 
-def _members(text: str, i: int) -> dict[str, tuple[Any, int, int]] | None:
-    """The members of the JSON object at text[i:] with each value's span, or None when it is not one object."""
-    try:
-        if text[i] != "{":
-            return None
-        out: dict[str, tuple[Any, int, int]] = {}
-        i = _skip_space(text, i + 1)
-        if text[i] == "}":
-            return out if _skip_space(text, i + 1) == len(text) else None
-        while True:
-            if text[i] != '"':
-                return None
-            key, i = _DECODER.raw_decode(text, i)
-            i = _skip_space(text, i)
-            if text[i] != ":":
-                return None
-            start = _skip_space(text, i + 1)
-            value, end = _DECODER.raw_decode(text, start)
-            out[key] = (value, start, end)
-            i = _skip_space(text, end)
-            if text[i] == ",":
-                i = _skip_space(text, i + 1)
-            elif text[i] == "}":
-                return out if _skip_space(text, i + 1) == len(text) else None
-            else:
-                return None
-    except (ValueError, IndexError):
-        return None
-
-
-def _json_call(text: str, names: frozenset[str]) -> ParsedCall | None:
-    members = _members(text, 0)
-    if members is None:
-        return None
-    if "function" in members and isinstance(members["function"][0], dict):  # {"type": "function", "function": {...}}
-        _, start, end = members["function"]
-        text, members = text[start:end], _members(text[start:end], 0) or {}
-    name = members.get("name", (None,))[0]
-    if not isinstance(name, str) or name not in names:
-        return None
-    found = members.get("parameters") or members.get("arguments")
-    if found is None:
-        return None
-    value, start, end = found
-    if isinstance(value, str):  # arguments sent as a JSON string, OpenAI style
-        try:
-            inner = json.loads(value)
-        except ValueError:
-            return None
-        return ParsedCall(name, value) if isinstance(inner, dict) else None
-    if not isinstance(value, dict):
-        return None
-    return ParsedCall(name, text[start:end])  # the model's own text of the arguments
-
-
-_PY_NAMES = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
-
-
-def _pythonic_calls(text: str, names: frozenset[str]) -> list[ParsedCall] | None:
-    """`[f(a=1), g(b="x")]` as calls; None unless every element is a declared function with literal keywords."""
-    try:
-        tree = ast.parse(text, mode="eval").body
-    except (SyntaxError, ValueError):
-        return None
-    if not isinstance(tree, ast.List) or not tree.elts:
-        return None
-    calls = []
-    for node in tree.elts:
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)) or node.args:
-            return None
-        if node.func.id not in names:
-            return None
-        args = {}
-        for kw in node.keywords:
-            if kw.arg is None:
-                return None
-            try:
-                args[kw.arg] = _literal(kw.value)
-            except ValueError:
-                return None
-        calls.append(ParsedCall(node.func.id, json.dumps(args, ensure_ascii=False)))
-    return calls
-
-
-def _literal(node: ast.AST) -> Any:
-    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, bool, type(None))):
-        return node.value
-    if isinstance(node, ast.Name) and node.id in _PY_NAMES:
-        return _PY_NAMES[node.id]
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        value = _literal(node.operand)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return -value
-    if isinstance(node, (ast.List, ast.Tuple)):
-        return [_literal(e) for e in node.elts]
-    if isinstance(node, ast.Dict):
-        out = {}
-        for k, v in zip(node.keys, node.values):
-            key = None if k is None else _literal(k)
-            if not isinstance(key, str):
-                raise ValueError("dict keys must be strings")
-            out[key] = _literal(v)
-        return out
-    raise ValueError(f"not a literal: {ast.dump(node)}")

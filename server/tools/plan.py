@@ -9,6 +9,7 @@ from typing import Any, Literal
 from schemas.chat import ChatCompletionRequest, ChatMessage
 from schemas.tools import NamedToolChoice, Tool
 from server.errors import bad_request
+from server.structured import check_schemas
 from server.tools.parsers import CallParser, ForcedCallParser
 from server.tools.schema import call_schema
 
@@ -44,6 +45,7 @@ def resolve(req: ChatCompletionRequest, fmt: str) -> ToolPlan | None:
         params = t.function.parameters
         if params is not None and params.get("type", "object") != "object":
             raise bad_request(f"tools[{i}].function.parameters must be a JSON Schema of an object", "tools")
+    check_schemas([t.function.parameters for t in tools if t.function.parameters is not None], "tools")
     choice = req.tool_choice if req.tool_choice is not None else ("auto" if tools else "none")
     if choice == "required" or isinstance(choice, NamedToolChoice):
         if not tools:
