@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 
 from bench import loadgen, run, stats
@@ -64,3 +66,13 @@ def test_warm_up_covers_each_mode_that_compiles_something_first():
     # best_of asks for logprobs and n=k does not: each is warmed, or best_of's first request pays the compile.
     assert warmed == ["beam w2 c1", "n=4 c4", "best_of=4 n=1 c4", "json_schema chat c1"]
     assert [stats.scenario_key(sc) for sc in loadgen.warmups(plan, "vllm")] == ["beam w2 c1", "json_schema chat c1"]
+
+
+def test_the_bench_runs_a_built_in_model_by_name(monkeypatch, tmp_path):
+    monkeypatch.setattr("engine.tiny_model.ensure_tiny_model", lambda cache: Path(cache) / "tiny")
+    monkeypatch.setattr("engine.smollm2_model.ensure_smollm2_model", lambda cache, progress=None: Path(cache) / "real")
+    assert run.built_model("tiny", tmp_path) == (tmp_path / "tiny", "llamaserve-tiny-llama3")
+    assert run.built_model("smollm2", tmp_path) == (tmp_path / "real", "smollm2-135m-instruct")
+    # The tiny model's results keep their file names; the real model's sit beside them.
+    assert [run.results_stem(m, q) for m in run.MODELS for q in (False, True)] == [
+        "results", "results-quick", "results-smollm2", "results-smollm2-quick"]
