@@ -59,7 +59,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def scenarios(quick: bool, apis: list[str], groups: tuple[str, ...] = GROUPS) -> list[dict[str, Any]]:
+def scenarios(quick: bool, apis: list[str], groups: tuple[str, ...] = GROUPS,
+              max_concurrency: int | None = None) -> list[dict[str, Any]]:
+    every = _scenarios(quick, apis, groups)
+    return [sc for sc in every if max_concurrency is None or sc["concurrency"] <= max_concurrency]
+
+
+def _scenarios(quick: bool, apis: list[str], groups: tuple[str, ...]) -> list[dict[str, Any]]:
     out = []
     if "plain" in groups:
         out += _plain_scenarios(quick, apis)
@@ -238,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["llamaserve", "vllm"], help="run one server (no ratios)")
     parser.add_argument("--groups", default=None,
                         help=f"comma-separated scenario groups: {', '.join(GROUPS)} (default all; tools on tiny only)")
+    parser.add_argument("--max-concurrency", type=int, default=None,
+                        help="leave out scenarios above this concurrency (the real model at c128 outlasts the drain "
+                             "on a loaded 2-core machine)")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)
     groups = default_groups(args.model) if args.groups is None else tuple(
@@ -261,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "settle_s": 0.5,
         "max_requests": args.max_requests,
         "rounds": args.rounds,
-        "scenarios": scenarios(args.quick, apis, groups),
+        "scenarios": scenarios(args.quick, apis, groups, args.max_concurrency),
     }
     started = time.monotonic()
     ready: dict[str, float] = {}

@@ -82,3 +82,10 @@ def test_the_bench_runs_a_built_in_model_by_name(monkeypatch, tmp_path):
     assert run.default_groups("smollm2") == tuple(g for g in run.GROUPS if g != "tools")
     with pytest.raises(SystemExit):
         run.main(["--model", "smollm2", "--groups", "plain,tools"])
+
+
+def test_max_concurrency_leaves_out_the_scenarios_above_it():
+    every = run.scenarios(True, ["chat"], ("plain",))
+    capped = run.scenarios(True, ["chat"], ("plain",), max_concurrency=32)
+    assert {sc["concurrency"] for sc in every} == {1, 32, 128}
+    assert capped == [sc for sc in every if sc["concurrency"] != 128]
