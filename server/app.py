@@ -40,7 +40,7 @@ GuardFactory = Callable[[Settings], Guard | None]
 def engine_options(settings: Settings) -> EngineOptions:
     source = model_source.resolve(settings)
     e = settings.engine
-    if source.is_tiny:
+    if source.is_builtin:
         unset = {k: v for k, v in model_source.TINY_MODEL_ENGINE_DEFAULTS.items() if k not in settings.model_fields_set}
         e = dataclasses.replace(e, **unset)
     return EngineOptions(

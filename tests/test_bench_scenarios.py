@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
+import pytest
 
 from bench import loadgen, run, stats
 
@@ -64,3 +67,25 @@ def test_warm_up_covers_each_mode_that_compiles_something_first():
     # best_of asks for logprobs and n=k does not: each is warmed, or best_of's first request pays the compile.
     assert warmed == ["beam w2 c1", "n=4 c4", "best_of=4 n=1 c4", "json_schema chat c1"]
     assert [stats.scenario_key(sc) for sc in loadgen.warmups(plan, "vllm")] == ["beam w2 c1", "json_schema chat c1"]
+
+
+def test_the_bench_runs_a_built_in_model_by_name(monkeypatch, tmp_path):
+    monkeypatch.setattr("engine.tiny_model.ensure_tiny_model", lambda cache: Path(cache) / "tiny")
+    monkeypatch.setattr("engine.smollm2_model.ensure_smollm2_model", lambda cache, progress=None: Path(cache) / "real")
+    assert run.built_model("tiny", tmp_path) == (tmp_path / "tiny", "llamaserve-tiny-llama3")
+    assert run.built_model("smollm2", tmp_path) == (tmp_path / "real", "smollm2-135m-instruct")
+    # The tiny model's results keep their file names; the real model's sit beside them.
+    assert [run.results_stem(m, q) for m in run.MODELS for q in (False, True)] == [
+        "results", "results-quick", "results-smollm2", "results-smollm2-quick"]
+    # vLLM's server has no tool parser for the real model's format: its tools group is left out unless asked for.
+    assert run.default_groups("tiny") == run.GROUPS
+    assert run.default_groups("smollm2") == tuple(g for g in run.GROUPS if g != "tools")
+    with pytest.raises(SystemExit):
+        run.main(["--model", "smollm2", "--groups", "plain,tools"])
+
+
+def test_max_concurrency_leaves_out_the_scenarios_above_it():
+    every = run.scenarios(True, ["chat"], ("plain",))
+    capped = run.scenarios(True, ["chat"], ("plain",), max_concurrency=32)
+    assert {sc["concurrency"] for sc in every} == {1, 32, 128}
+    assert capped == [sc for sc in every if sc["concurrency"] != 128]

@@ -93,7 +93,7 @@ def test_model_source_order(monkeypatch, tmp_path):
     (nested / "weights" / "config.json").write_text("{}")  # deeper ones lose
     monkeypatch.setenv("AZUREML_MODEL_DIR", str(tmp_path))
     explicit = model_source.resolve(Settings(model="meta-llama/Llama-3.1-8B-Instruct"))
-    assert (explicit.path, explicit.served_name, explicit.is_tiny) == ("meta-llama/Llama-3.1-8B-Instruct", "Llama-3.1-8B-Instruct", False)
+    assert (explicit.path, explicit.served_name, explicit.is_builtin) == ("meta-llama/Llama-3.1-8B-Instruct", "Llama-3.1-8B-Instruct", False)
     azure = model_source.resolve(Settings())
     assert azure.path == str(nested) and azure.served_name == "llama"  # NAME, not VERSION
     assert model_source.resolve(Settings(served_model_name="x")).served_name == "x"
