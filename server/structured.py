@@ -7,7 +7,9 @@ grammar is built in a worker thread within `grammar_timeout_s`, so that no schem
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,6 +38,10 @@ _NESTING_SAME = {"anyOf": "list", "oneOf": "list", "allOf": "list", "not": "sche
 
 # Few threads: a build is CPU work, and one that runs long must not take every thread from the others.
 _BUILDERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar")
+# An application sends the same few schemas again and again: each is built once (property order kept in the key,
+# since it orders the answer's keys). Bounded, least recently used out first.
+_GRAMMARS: OrderedDict[tuple[str, str], str] = OrderedDict()
+GRAMMAR_CACHE_SIZE = 256
 
 
 def check_schemas(schemas: list[dict[str, Any]], param: str) -> None:
@@ -104,6 +110,18 @@ async def structured_output(req: GenerationRequest, tool_schema: dict[str, Any] 
 
 
 async def _build(schema: dict[str, Any], param: str, timeout_s: float) -> str:
+    key = (param, json.dumps(schema, separators=(",", ":")))
+    if key in _GRAMMARS:
+        _GRAMMARS.move_to_end(key)
+        return _GRAMMARS[key]
+    grammar = await _build_in_a_worker(schema, param, timeout_s)
+    _GRAMMARS[key] = grammar
+    while len(_GRAMMARS) > GRAMMAR_CACHE_SIZE:
+        _GRAMMARS.popitem(last=False)
+    return grammar
+
+
+async def _build_in_a_worker(schema: dict[str, Any], param: str, timeout_s: float) -> str:
     started = threading.Event()
 
     def build() -> str:

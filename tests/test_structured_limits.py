@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import OrderedDict
 
 import pytest
 
+from engine.grammar import strict_json_grammar
 from server import structured
 from tests.scripted_engine import InProcess, ScriptedEngine, settings
 
@@ -94,7 +96,28 @@ def _blocking_builds(monkeypatch) -> tuple[threading.Event, list[str]]:
         return 'root ::= "{}"'
 
     monkeypatch.setattr(structured, "strict_json_grammar", build)
+    monkeypatch.setattr(structured, "_GRAMMARS", OrderedDict())  # no grammar built for real answers these builds
     return release, threads
+
+
+def test_a_schema_sent_again_is_not_built_again(monkeypatch):
+    builds = []
+
+    def build(schema, param):
+        builds.append(param)
+        return strict_json_grammar(schema, param)
+
+    monkeypatch.setattr(structured, "strict_json_grammar", build)
+    monkeypatch.setattr(structured, "_GRAMMARS", OrderedDict())
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    first = asyncio.run(structured._build(schema, "response_format", 10))
+    again = asyncio.run(structured._build(dict(schema), "response_format", 10))
+    reordered = asyncio.run(structured._build({"required": ["city"], **schema}, "response_format", 10))
+    assert first == again and builds == ["response_format", "response_format"]  # key order is part of the key
+    assert reordered == first
+    monkeypatch.setattr(structured, "GRAMMAR_CACHE_SIZE", 1)
+    asyncio.run(structured._build({"type": "object"}, "response_format", 10))
+    assert len(structured._GRAMMARS) == 1
 
 
 def test_a_grammar_that_takes_too_long_to_build_is_a_400_and_is_built_off_the_event_loop(monkeypatch):
