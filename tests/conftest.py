@@ -20,11 +20,6 @@ import pytest
 
 from tests.preloaded import Helper, die_with_parent, own_process_group
 
-# pytest imports this file as `conftest`, the test modules as `tests.conftest`: one module, so that there is one
-# registry of live server groups (and one session-end clean-up) for all of them.
-if __name__ == "conftest":
-    sys.modules.setdefault("tests.conftest", sys.modules[__name__])
-
 # The test process starts in-process engines: torch on one thread keeps forking their processes safe
 # (engine/processes.py). Read by OpenMP when torch loads, so it must be set before any test imports torch; the
 # servers the tests start do not inherit it (they set their own, as `llamaserve serve` does).

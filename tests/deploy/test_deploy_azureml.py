@@ -16,7 +16,7 @@ from server.limits import Limits
 from server.rates import RateLimiter
 from server.settings import Settings, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 AZURE = ROOT / "deploy" / "azureml"
 PRESETS = ROOT / "configs" / "presets"
 HARDWARE = yaml.safe_load((PRESETS / "hardware.yaml").read_text())
@@ -206,8 +206,8 @@ def test_relative_model_names_fall_back_to_what_was_given(tmp_path, clean_env):
 
 @pytest.mark.parametrize("path", [*DEPLOYMENTS, GUARD_DEPLOYMENT], ids=lambda p: p.stem)
 def test_compile_caches_are_on_the_images_cache_volume(path):
-    from tests.test_deploy_docker import effective, stages
-    from tests.test_deploy_docker_images import env_of
+    from tests.deploy.test_deploy_docker import effective, stages
+    from tests.deploy.test_deploy_docker_images import env_of
 
     image = stages((ROOT / "Dockerfile").read_text())
     volumes = [Path(v) for args in effective(image, "gpu", "VOLUME") for v in yaml.safe_load(args)]

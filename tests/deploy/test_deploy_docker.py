@@ -15,7 +15,7 @@ import pytest
 
 from server.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 PORT = Settings.model_fields["port"].default
 # Docker's health is what compose's `depends_on: service_healthy` waits for: the model serving, not the process up.

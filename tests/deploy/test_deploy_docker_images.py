@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_deploy_docker import DOCKERFILE, ROOT, dockerignore_admits, effective, instructions, stages
+from tests.deploy.test_deploy_docker import DOCKERFILE, ROOT, dockerignore_admits, effective, instructions, stages
 
 PREFLIGHT = ROOT / "deploy" / "docker" / "preflight.py"
 AZURE = ROOT / "deploy" / "azureml" / "deployments"

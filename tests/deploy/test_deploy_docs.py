@@ -10,7 +10,7 @@ from pathlib import Path
 
 from schemas import ChatCompletionRequest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GUIDE = (ROOT / "docs" / "DEPLOY.md").read_text()
 
 

@@ -8,7 +8,7 @@ import helm_python
 import pytest
 
 from server.settings import load_settings
-from tests.test_deploy_helm import CHART, by_kind, pod_templates, render, values_of
+from tests.deploy.test_deploy_helm import CHART, by_kind, pod_templates, render, values_of
 
 MULTINODE = values_of(CHART / "ci" / "multinode-405b-values.yaml")
 SINGLE = values_of(CHART / "ci" / "single-gpu-values.yaml")

@@ -13,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from server.settings import Settings
-from tests.test_deploy_helm import CHART, VALUES_FILES, by_kind, pod_templates, render, rendered_settings, values_of
+from tests.deploy.test_deploy_helm import CHART, VALUES_FILES, by_kind, pod_templates, render, rendered_settings, values_of
 
 # Settings the chart does not take under `settings`, each for a reason of its own: the keys come from the Secret,
 # host and port from containerPort (probes and the Service follow it), config is a file inside the image.

@@ -6,7 +6,7 @@ import helm_python
 import pytest
 import yaml
 
-from tests.test_deploy_helm import by_kind, pod_templates, render, rendered_settings
+from tests.deploy.test_deploy_helm import by_kind, pod_templates, render, rendered_settings
 
 LORA = {
     "adapters": {"support": "/adapters/support", "sql": "my-org/llama-sql-lora"},

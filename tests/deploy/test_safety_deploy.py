@@ -9,9 +9,9 @@ import helm_python
 import yaml
 
 from server.settings import ENV_PREFIX, load_settings
-from tests.test_deploy_azureml import test_deployment_fields_routes_and_limits as check_azure_deployment
+from tests.deploy.test_deploy_azureml import test_deployment_fields_routes_and_limits as check_azure_deployment
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ROOT / "configs" / "presets"
 PRESET = PRESETS / "with-guard" / "llama-3.1-8b-instruct-guard-3-1b.yaml"
 HELM_VALUES = ROOT / "helm" / "examples" / "with-guard-values.yaml"

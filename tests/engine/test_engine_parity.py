@@ -22,7 +22,7 @@ import yaml
 
 from engine.llama_shapes import write_model_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRESETS = sorted(p for p in (ROOT / "configs" / "presets").glob("*.yaml") if p.name != "hardware.yaml")
 PRESET_SHAPES = {
     "llama-3.2-1b-instruct": "llama-3.2-1b", "llama-3.2-3b-instruct": "llama-3.2-3b",

@@ -200,7 +200,7 @@ def _bare_helper(tmp_path) -> Helper:
 def test_a_forked_server_leads_its_own_group_in_the_runs_session_and_its_exit_is_reported(tmp_path):
     helper = _bare_helper(tmp_path)
     try:
-        srv = helper.spawn([], dict(os.environ), ROOT, tmp_path / "srv.log", entry="tests.test_process_hygiene:stubborn_server")
+        srv = helper.spawn([], dict(os.environ), ROOT, tmp_path / "srv.log", entry="tests.server.test_process_hygiene:stubborn_server")
         assert os.getpgid(srv.pid) == srv.pid  # killing its group reaches all of it
         assert os.getsid(srv.pid) == os.getsid(0)  # one scheduler autogroup with the run (own_process_group)
         assert wait_until(lambda: len(group_members(srv.pid)) >= 2, 10, 0.05)
@@ -209,7 +209,7 @@ def test_a_forked_server_leads_its_own_group_in_the_runs_session_and_its_exit_is
             srv.wait(0.2)
         os.killpg(srv.pid, signal.SIGKILL)
         assert srv.wait(10) == -signal.SIGKILL
-        exits = helper.spawn(["3"], dict(os.environ), ROOT, tmp_path / "exit.log", entry="tests.test_process_hygiene:exit_with")
+        exits = helper.spawn(["3"], dict(os.environ), ROOT, tmp_path / "exit.log", entry="tests.server.test_process_hygiene:exit_with")
         assert exits.wait(30) == 3
     finally:
         helper.close()
@@ -221,7 +221,7 @@ def test_forked_servers_die_when_the_test_run_is_killed(tmp_path):
         from tests.preloaded import Helper
         helper = Helper(Path({str(ROOT)!r}), Path({str(tmp_path / "helper.log")!r}), dict(os.environ), preload=())
         pgid = helper.spawn([], dict(os.environ), Path({str(ROOT)!r}), Path({str(tmp_path / "srv.log")!r}),
-                            entry="tests.test_process_hygiene:stubborn_server").pid
+                            entry="tests.server.test_process_hygiene:stubborn_server").pid
     """)
 
 

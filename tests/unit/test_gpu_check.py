@@ -13,7 +13,7 @@ from bench import dummy_weights
 from engine.llama_shapes import SHAPES, write_model_dir
 from tests.conftest import server_settings_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu-check"
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from server.settings import ENV_PREFIX, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ROOT / "configs" / "presets"
 HARDWARE = yaml.safe_load((PRESETS / "hardware.yaml").read_text())
 

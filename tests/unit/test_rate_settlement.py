@@ -18,7 +18,7 @@ from server.settings import Settings, load_settings
 
 TPM = 5000
 RESERVE = 256
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _exchange(key: str = "key-a") -> Exchange:
