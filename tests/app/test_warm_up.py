@@ -1,7 +1,7 @@
 """The warm-up before ready (setting `warm_up`, server/app.py `_load`): the engine generates one token with its
 logprob before the server turns ready, so the first client asking for logprobs, best_of or beam search does not
-wait for the kernel vLLM compiles then. In process (scripted engines) for the order; the shared real server for
-the real engine."""
+wait for the kernel vLLM compiles then. In process, on scripted engines; the real engine's warm-up:
+tests/server/test_warm_up.py."""
 
 from __future__ import annotations
 
@@ -81,9 +81,3 @@ def test_a_failed_warm_up_fails_the_start_and_stops_the_engine(clean_env):
     assert state.engine is None and engine.stopped
     assert state.load_error == "RuntimeError: the engine could not generate"
     assert exits == [MODEL_LOAD_EXIT_CODE]
-
-
-def test_the_real_engine_warmed_up_before_the_server_turned_ready(server):
-    log = server.log_path.read_text(errors="replace")
-    warmed, ready = log.find("engine warmed up in"), log.find("model llamaserve-tiny-llama3 ready")
-    assert 0 <= warmed < ready, log[:4000]

@@ -1,18 +1,15 @@
 """The chart's alert rules select series that exist: each selector of each rule, rendered with the chart's defaults
 (and its ServiceMonitor on, which the rules come with), matches a series that the ServiceMonitor's scrape of a real
-server's /metrics gives Prometheus: the server's own labels plus the target labels the Prometheus Operator adds."""
+server's /metrics gives Prometheus: the server's own labels plus the target labels the Prometheus Operator adds.
+Here the rules and their selectors; the scrape of the real server: tests/server/test_deploy_alert_series.py."""
 
 from __future__ import annotations
 
 import re
 
-import httpx
-import pytest
 from fastapi.routing import APIRoute
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ServerProcess
-from tests.test_deploy_helm import by_kind, render
+from tests.deploy.test_deploy_helm import by_kind, render
 
 SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
 MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:\\.|[^"\\])*)"')
@@ -73,32 +70,3 @@ def test_the_error_rate_alert_counts_the_generation_routes_only():
 def test_there_is_an_alert_for_no_target_at_all():
     rules, _ = released()
     assert any(r["expr"].startswith("absent(up{") for r in rules), "`up == 0` cannot fire without a target"
-
-
-@pytest.fixture(scope="module")
-def scraped_series(tiny_model) -> list[tuple[str, dict[str, str]]]:
-    """The series of a real server after a timed-out generation (a 5xx on a generation route) and a rate-limited
-    request, as (name, labels)."""
-    srv = ServerProcess(["--request-timeout-s", "0.05", "--rate-limit-rpm", "2", "--rate-limit-tpm", "0"]).wait_ready()
-    try:
-        with httpx.Client(base_url=srv.base_url, timeout=60) as client:
-            chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 400, "ignore_eos": True}
-            statuses = [client.post("/v1/chat/completions", json=chat).status_code for _ in range(3)]
-            assert statuses[0] == 504 and statuses[-1] == 429, statuses
-            text = client.get("/metrics").text
-    finally:
-        srv.stop()
-    return [(s.name, dict(s.labels)) for family in text_string_to_metric_families(text) for s in family.samples]
-
-
-@pytest.mark.engine
-def test_every_alert_selector_matches_a_scraped_series(scraped_series):
-    rules, target = released()
-    series = [(name, {**labels, **target}) for name, labels in scraped_series]
-    series.append(("up", dict(target)))  # Prometheus' own series for each target
-    for rule in rules:
-        found = selectors(rule["expr"])
-        assert found, f"{rule['alert']} selects nothing by label"
-        for name, matchers in found:
-            assert any(n == name and matches(labels, matchers) for n, labels in series), (
-                f"{rule['alert']}: {name}{{{matchers}}} matches no series the scrape gives")

@@ -1,18 +1,17 @@
-"""How the engine's processes start (engine/processes.py): forked on CPU hosts, and holding none of the API
-process's sockets."""
+"""How the engine's processes start (engine/processes.py): the start method, the sockets a fork forgets, the heap it
+freezes. On the real server: tests/server/test_engine_processes.py."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import psutil
 import pytest
 
 from engine.processes import apply, resolve
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize(("requested", "is_cpu", "threads", "expected"), [
@@ -24,50 +23,6 @@ from tests.conftest import ROOT, ServerProcess
 ])
 def test_the_start_method(requested, is_cpu, threads, expected):
     assert resolve(requested, is_cpu=is_cpu, torch_threads=threads) == expected
-
-
-def _engine_processes(srv: ServerProcess) -> list[psutil.Process]:
-    """EngineCore and its workers (not multiprocessing's resource tracker, a helper it always spawns)."""
-    return [p for p in psutil.Process(srv.proc.pid).children(recursive=True) if p.name().startswith("VLLM::")]
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    found = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            found.add(target)
-    return found
-
-
-def _maps_httptools(pid: int) -> bool:
-    return "/httptools/" in Path(f"/proc/{pid}/maps").read_text()
-
-
-def _tcp_inodes() -> set[str]:
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            inodes.add(f"socket:[{line.split()[9]}]")
-    return inodes
-
-
-def test_the_engine_processes_are_forked_on_cpu_and_hold_none_of_the_api_processes_tcp_sockets(server):
-    api = psutil.Process(server.proc.pid)
-    engine = _engine_processes(server)
-    assert {p.name() for p in engine} >= {"VLLM::EngineCore", "VLLM::Worker"}
-    # A forked process holds what its parent had loaded: the HTTP parser only the API process imports. A spawned
-    # one is a new Python that imports vLLM's engine and nothing of the web server.
-    assert _maps_httptools(api.pid)
-    for proc in engine:
-        assert _maps_httptools(proc.pid), f"{proc.name()} was not forked"
-    api_tcp = _socket_inodes(api.pid) & _tcp_inodes()
-    assert api_tcp, "the API process holds its listening socket"
-    for proc in engine:
-        assert not _socket_inodes(proc.pid) & api_tcp, f"{proc.name()} holds the API process's TCP sockets"
 
 
 def test_a_method_asked_for_is_put_in_force_for_vllm(monkeypatch):
