@@ -1,7 +1,7 @@
 """API keys from a mounted file on a real server: a rotation takes effect without a restart.
 
 The test rotates the file the way the kubelet updates a mounted Secret: the new version goes into a fresh directory
-and the `..data` symlink is swapped to it in one rename. The key source's rules: tests/deploy/test_deploy_key_rotation.py."""
+and the `..data` symlink is swapped to it in one rename. The key source's rules: tests/unit/test_key_rotation.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from server.security import KEY_FILE_CHECK_INTERVAL_S
 from tests.conftest import ServerProcess
-from tests.deploy.test_deploy_key_rotation import NEW_KEY, OLD_KEY, ROTATION_MARGIN_S, mount_secret
+from tests.unit.test_key_rotation import NEW_KEY, OLD_KEY, ROTATION_MARGIN_S, mount_secret
 
 
 def status_with(srv: ServerProcess, key: str) -> int:

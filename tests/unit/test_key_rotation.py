@@ -1,6 +1,6 @@
 """API keys from a mounted file (server.security.KeySource): a rotation takes effect without a restart, and a broken
 one never opens the server. `mount_secret` writes the file the way the kubelet updates a mounted Secret. On a real
-server: tests/server/test_deploy_key_rotation.py."""
+server: tests/server/test_key_rotation.py."""
 
 from __future__ import annotations
 
