@@ -227,9 +227,20 @@ _STOPPING: list[threading.Thread] = []
 _FAILED_STOPS: list[str] = []
 
 
+SERVER_TIER = ROOT / "tests" / "server"
+
+
+def _reaches_the_server_tier(config) -> bool:
+    """Whether the paths this run was given (or the configured testpaths) hold server-tier tests: only those start
+    servers, so a run of the cheaper tiers leaves both cores to its tests."""
+    base = config.rootpath if config.args_source == pytest.Config.ArgsSource.TESTPATHS else config.invocation_params.dir
+    paths = [Path(base, arg.split("::")[0]).resolve() for arg in config.args]
+    return any(path == SERVER_TIER or SERVER_TIER in path.parents or path in SERVER_TIER.parents for path in paths)
+
+
 def pytest_sessionstart(session):
     """The preloaded helper imports (~10 s of one core) while pytest collects the tests on the other."""
-    if not session.config.option.collectonly and _PRELOADED.usable({}):
+    if not session.config.option.collectonly and _reaches_the_server_tier(session.config) and _PRELOADED.usable({}):
         _PRELOADED.get()
 
 
