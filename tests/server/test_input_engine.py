@@ -49,6 +49,7 @@ def test_length_penalty_at_its_bounds_runs_beam_search(client):
 
 def test_a_flood_of_huge_prompts_does_not_stall_streams_or_health(server):
     flood_done = threading.Event()
+    flowing = threading.Event()  # the stream has sent two frames and /health has answered once
     flood_statuses: list[int] = []
     health_latencies: list[float] = []
     gaps: list[float] = []
@@ -77,12 +78,14 @@ def test_a_flood_of_huge_prompts_does_not_stall_streams_or_health(server):
                         now = time.monotonic()
                         if last is not None:
                             gaps.append(now - last)
+                            if health_latencies:
+                                flowing.set()
                         last = now
 
     watchers = [threading.Thread(target=probe_health), threading.Thread(target=stream)]
     for t in watchers:
         t.start()
-    time.sleep(1.0)  # the stream is flowing
+    assert flowing.wait(60), "the stream and the health probe never got going"
     started = time.monotonic()
     flood = [threading.Thread(target=flood_one) for _ in range(FLOOD_PROMPTS)]
     for t in flood:
