@@ -97,9 +97,12 @@ def test_servers_die_when_the_test_run_is_killed(tmp_path):
     """)
 
 
-def test_the_session_end_knows_the_shared_server_and_the_modules_servers_alike(server):
-    # pytest's own `conftest` and the test modules' `tests.conftest` are one module: one registry of live groups.
-    assert sys.modules["conftest"] is conftest
+def test_the_session_end_knows_the_shared_server_and_the_modules_servers_alike(server, request):
+    # The conftest pytest loaded and the test modules' `tests.conftest` are one module (tests/ is a package): one
+    # registry of live groups.
+    loaded = [plugin for plugin in request.config.pluginmanager.get_plugins()
+              if getattr(plugin, "__file__", None) == conftest.__file__]
+    assert loaded == [conftest]
     assert server.pgid in conftest._LIVE_GROUPS
 
 
