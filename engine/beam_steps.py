@@ -6,7 +6,7 @@ per-step work as the engine allows.
   then the running request's next output, computed by the engine while the front end was still choosing beams:
   no new request, no prefill, no round trip spent waiting. A running request no beam follows is aborted.
   (Greedy decoding gives the same alternatives as a fresh one-token request on the same prefix: the
-  reference-equality test in tests/test_beam_reference.py holds it to that.)
+  reference-equality test in tests/engine/test_beam_reference.py holds it to that.)
 - New requests skip vLLM's per-request input processing: the search validates one request through the normal
   path, then each step's requests are copies of it with their own tokens and id.
 - All of a step's requests are submitted before any is awaited, and results are read straight from vLLM's

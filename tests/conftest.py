@@ -20,11 +20,6 @@ import pytest
 
 from tests.preloaded import Helper, die_with_parent, own_process_group
 
-# pytest imports this file as `conftest`, the test modules as `tests.conftest`: one module, so that there is one
-# registry of live server groups (and one session-end clean-up) for all of them.
-if __name__ == "conftest":
-    sys.modules.setdefault("tests.conftest", sys.modules[__name__])
-
 # The test process starts in-process engines: torch on one thread keeps forking their processes safe
 # (engine/processes.py). Read by OpenMP when torch loads, so it must be set before any test imports torch; the
 # servers the tests start do not inherit it (they set their own, as `llamaserve serve` does).
@@ -232,9 +227,20 @@ _STOPPING: list[threading.Thread] = []
 _FAILED_STOPS: list[str] = []
 
 
+SERVER_TIER = ROOT / "tests" / "server"
+
+
+def _reaches_the_server_tier(config) -> bool:
+    """Whether the paths this run was given (or the configured testpaths) hold server-tier tests: only those start
+    servers, so a run of the cheaper tiers leaves both cores to its tests."""
+    base = config.rootpath if config.args_source == pytest.Config.ArgsSource.TESTPATHS else config.invocation_params.dir
+    paths = [Path(base, arg.split("::")[0]).resolve() for arg in config.args]
+    return any(path == SERVER_TIER or SERVER_TIER in path.parents or path in SERVER_TIER.parents for path in paths)
+
+
 def pytest_sessionstart(session):
     """The preloaded helper imports (~10 s of one core) while pytest collects the tests on the other."""
-    if not session.config.option.collectonly and _PRELOADED.usable({}):
+    if not session.config.option.collectonly and _reaches_the_server_tier(session.config) and _PRELOADED.usable({}):
         _PRELOADED.get()
 
 

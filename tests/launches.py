@@ -25,8 +25,9 @@ class Plan:
     launch: Callable[[Path, pytest.TempPathFactory], ServerProcess]  # (tiny model, tmp_path_factory) -> launched
 
 
-# The groups: modules that run one after the other (pytest runs modules in file-name order).
-# The shared server is the session's first (test_api_errors); the connections and security servers start with it:
+# The groups: modules that run one after the other. Every module that takes a server is in tests/server, whose
+# modules pytest runs in file-name order, after the cheaper tiers (testpaths in pyproject.toml).
+# The shared server is the tier's first (test_api_errors); the connections and security servers start with it:
 # each of those then waits idle until its module (the security one for most of the session), which costs memory
 # (about 2.5 GB a server) but no CPU to speak of, and saves a start-up each.
 WITH_THE_SHARED_SERVER = "conftest's shared `server`, test_connections, test_security"
