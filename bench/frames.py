@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator
 from engine.outputs import ChoiceDelta, PromptInfo, Step
 from engine.request import GenerationInput
 from schemas import ChatCompletionRequest, CompletionRequest
-from server import render, respond
-from server.job import Job
+from server.pipeline import render
+from server.pipeline import respond
+from server.pipeline.job import Job
 from server.settings import Settings
-from server.validation import ModelFacts, validate
+from server.pipeline.validation import ModelFacts, validate
 
 TOKENS = 64
 REQUESTS = 300

@@ -162,7 +162,7 @@ def llamaserve_server(cache_dir: Path, log_dir: Path, extra: list[str]) -> Serve
 
 def vllm_server(model_dir: Path, log_dir: Path) -> Server:
     port = free_port()
-    # The engine arguments llamaserve gives the tiny model (engine.core / server.app / server.model_source).
+    # The engine arguments llamaserve gives the tiny model (engine.core / server.app / server.models.model_source).
     argv = [PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
             "--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
             "--enforce-eager", "--dtype", "bfloat16", "--max-model-len", str(MAX_MODEL_LEN),

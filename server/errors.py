@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from engine.errors import EngineFailure, InvalidGenerationRequest
-from server.validation import InvalidInput
+from server.pipeline.validation import InvalidInput
 
 log = logging.getLogger("llamaserve.errors")
 
@@ -66,7 +66,7 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_par
 
 
 def from_invalid_input(exc: InvalidInput) -> APIError:
-    """The gate's refusals (server/validation.py)."""
+    """The gate's refusals (server/pipeline/validation.py)."""
     return bad_request(exc.message, exc.param, exc.code)
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server import security
-from server.security import KEY_FILE_CHECK_INTERVAL_S, KeySource
+from server.protection import security
+from server.protection.security import KEY_FILE_CHECK_INTERVAL_S, KeySource
 from tests.conftest import ServerProcess
 
 OLD_KEY = "old-key-0123456789abcdefghijklmnop"

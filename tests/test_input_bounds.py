@@ -12,11 +12,11 @@ import pytest
 
 from engine.errors import EngineFailure, EngineUnavailable
 from schemas import CompletionRequest
-from server.deadlines import Ticket
+from server.protection.deadlines import Ticket
 from server.errors import APIError
-from server.exchange import Exchange
-from server.generation import prepare_completion
-from server.limits import Admission, Limits
+from server.observe.exchange import Exchange
+from server.pipeline.generation import prepare_completion
+from server.protection.limits import Admission, Limits
 from tests.probes import metric
 from tests.scripted_engine import InProcess, ScriptedEngine, settings
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from server.errors import APIError
-from server.exchange import Exchange
-from server.limits import Gate, Limits
+from server.observe.exchange import Exchange
+from server.protection.limits import Gate, Limits
 from server.settings import Settings, load_settings
 
 TPM = 5000
@@ -63,10 +63,10 @@ def limits() -> Limits:
 @pytest.fixture
 def clock(monkeypatch) -> list[float]:
     """The buckets' clock, moved by hand: now[0] seconds."""
-    import server.rates
+    import server.protection.rates
 
     now = [1000.0]
-    monkeypatch.setattr(server.rates.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(server.protection.rates.time, "monotonic", lambda: now[0])
     return now
 
 

@@ -16,7 +16,7 @@ from azure.ai.inference.models import UserMessage
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 
-from server.security import key_id
+from server.protection.security import key_id
 from tests.conftest import CACHE_DIR, ServerProcess
 from tests.probes import metric
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from server import structured
+from server.pipeline import structured
 from tests.scripted_engine import InProcess, ScriptedEngine, settings
 
 MSG = [{"role": "user", "content": "hi"}]

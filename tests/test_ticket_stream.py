@@ -1,4 +1,4 @@
-"""A stream's deadline (server.deadlines.Ticket.stream) on scripted frame sources, without a server."""
+"""A stream's deadline (server.protection.deadlines.Ticket.stream) on scripted frame sources, without a server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import orjson
 import pytest
 
-from server.deadlines import Ticket
+from server.protection.deadlines import Ticket
 
 
 def _run(coro):

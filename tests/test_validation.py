@@ -1,4 +1,4 @@
-"""The gate (server/validation.py) called directly: requests built from the schemas, no engine, no server."""
+"""The gate (server/pipeline/validation.py) called directly: requests built from the schemas, no engine, no server."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from engine.request import BeamParameters, Mode, StructuredOutput
 from schemas import ChatCompletionRequest, CompletionRequest
 from server.errors import from_invalid_input
-from server.validation import (
+from server.pipeline.validation import (
     API_DEFAULTS,
     ContextLengthExceeded,
     InvalidInput,

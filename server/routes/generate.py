@@ -1,9 +1,9 @@
 """The four completion routes: Azure's /chat/completions and /completions, OpenAI's and Llama's /v1/ twins.
 
 A generation request's lifetime is put together here, in `_serve`: parsed, admitted (the rate limits and a slot,
-before its prompt is tokenised; see server/limits.py `Gate`) and prepared (server/generation.py), traced (metrics
+before its prompt is tokenised; see server/protection/limits.py `Gate`) and prepared (server/pipeline/generation.py), traced (metrics
 and the access log's token counts, at the exchange's end), checked by the guard if one is on, and answered within
-its deadline. The slot is freed at the exchange's end, the outermost middleware's (server/observability.py), after
+its deadline. The slot is freed at the exchange's end, the outermost middleware's (server/observe/access_log.py), after
 the response's last byte; the tokens are settled then too, or before a full response starts, so that its
 x-ratelimit-* headers show them.
 """
@@ -18,10 +18,14 @@ from starlette.responses import Response
 from engine.core import LlamaEngine
 from engine.errors import EngineError
 from schemas import ChatCompletionRequest, CompletionRequest
-from server import adapters, generation, parse, respond, sse
+from server import sse
+from server.models import adapters
+from server.pipeline import generation
+from server.pipeline import parse
+from server.pipeline import respond
 from server.errors import engine_error
-from server.exchange import Exchange, exchange_of
-from server.limits import identity_of
+from server.observe.exchange import Exchange, exchange_of
+from server.protection.limits import identity_of
 from server.routes.docs import body_doc
 from server.safety.requesters import Requester
 from server.state import ServerState, state_of

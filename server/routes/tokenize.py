@@ -11,15 +11,15 @@ from fastapi import APIRouter, Request
 from engine.errors import EngineError
 from schemas.chat import template_messages
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
-from server import adapters
+from server.models import adapters
 from server.errors import engine_error
-from server.exchange import exchange_of
-from server.generation import check_model
-from server.limits import NO_TOKENS
-from server.parse import parse_body
+from server.observe.exchange import exchange_of
+from server.pipeline.generation import check_model
+from server.protection.limits import NO_TOKENS
+from server.pipeline.parse import parse_body
 from server.routes.docs import body_doc
 from server.state import ServerState, state_of
-from server.validation import check_prompt_chars
+from server.pipeline.validation import check_prompt_chars
 
 router = APIRouter(tags=["tokenizer"])
 

@@ -22,9 +22,9 @@ from engine.adapters import CONFIG_FILE, WEIGHTS_FILE, Adapter, AdapterExists, A
 from engine.core import LlamaEngine
 from engine.errors import EngineUnavailable
 from server.errors import APIError
-from server.model_source import AZUREML_MODEL_DIR
-from server.exchange import exchange_of
-from server.security import ADMIN_KEY_PREFIX, KeyRing, key_id, presented_keys
+from server.models.model_source import AZUREML_MODEL_DIR
+from server.observe.exchange import exchange_of
+from server.protection.security import ADMIN_KEY_PREFIX, KeyRing, key_id, presented_keys
 from server.settings import Settings
 
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")

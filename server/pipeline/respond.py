@@ -16,9 +16,10 @@ from starlette.responses import Response
 from engine.core import LlamaEngine
 from engine.errors import EngineError
 from engine.outputs import ChoiceDelta, Step
-from server import render, sse
+from server import sse
+from server.pipeline import render
 from server.errors import APIError, engine_error, error_body
-from server.job import Job
+from server.pipeline.job import Job
 from server.safety.moderation import annotate
 
 

@@ -9,9 +9,9 @@ from typing import Any, Literal
 from schemas.chat import ChatCompletionRequest, ChatMessage
 from schemas.tools import NamedToolChoice, Tool
 from server.errors import bad_request
-from server.structured import check_schemas
-from server.tools.parsers import CallParser, ForcedCallParser
-from server.tools.schema import call_schema
+from server.pipeline.structured import check_schemas
+from server.pipeline.tools.parsers import CallParser, ForcedCallParser
+from server.pipeline.tools.schema import call_schema
 
 ToolCallFormat = Literal["llama3_json", "pythonic", "llama4_pythonic"]
 FORMATS: tuple[str, ...] = ("llama3_json", "pythonic", "llama4_pythonic")

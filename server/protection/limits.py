@@ -1,14 +1,14 @@
 """What keeps one client, or too many, from taking the server down.
 
 - request body size: 413 before parsing (Content-Length, then the bytes actually read);
-- rate limits per API key (server/rates.py): requests and tokens per minute. A request passes them before any
+- rate limits per API key (server/protection/rates.py): requests and tokens per minute. A request passes them before any
   work is done for its prompt (`Gate`): its tokens are reserved on an estimate (prompt characters / 4, plus
   max_tokens, or `rate_limit_default_reserve_tokens` without it, x sequences), corrected to the prompt's exact
   count once it is tokenised, and settled to what was used when the request ends;
 - body read timeout: the whole body within `body_timeout_s`, else 408 and close;
 - admission: at most `max_concurrent_requests` generation requests run and `max_queued_requests` wait;
   beyond that an immediate 429 `overloaded`;
-- deadlines (server/deadlines.py): a request running past `request_timeout_s` (or still running when a drain or
+- deadlines (server/protection/deadlines.py): a request running past `request_timeout_s` (or still running when a drain or
   the engine's death expires it) is cancelled, which aborts its engine requests.
 """
 
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.deadlines import Ticket
+from server.protection.deadlines import Ticket
 from server.errors import APIError, error_response
-from server.exchange import Exchange, exchange_of_scope
-from server.rates import RateLimiter, prompt_over_the_limit
+from server.observe.exchange import Exchange, exchange_of_scope
+from server.protection.rates import RateLimiter, prompt_over_the_limit
 
 if TYPE_CHECKING:
     from server.settings import Protection

@@ -1,6 +1,6 @@
 """The request pipeline both completion APIs share, from a parsed request to a `Job` for the engine:
-parse (server/parse.py) -> prepare here: the request checked, admitted (server/limits.py `Gate`), its prompt
-built, through the gate of server/validation.py -> respond (server/respond.py), in full or as an event stream.
+parse (server/pipeline/parse.py) -> prepare here: the request checked, admitted (server/protection/limits.py `Gate`), its prompt
+built, through the gate of server/pipeline/validation.py -> respond (server/pipeline/respond.py), in full or as an event stream.
 
 Chat and text completions differ only in how the prompt is built (`prepare_*`) and in their `render.Flavor`.
 """
@@ -13,14 +13,14 @@ from engine.adapters import Adapter
 from engine.core import LlamaEngine
 from schemas import ChatCompletionRequest, CompletionRequest
 from schemas.chat import template_messages
-from server import render
+from server.pipeline import render
 from server.errors import APIError
-from server.job import Job
-from server.limits import Gate
+from server.pipeline.job import Job
+from server.protection.limits import Gate
 from server.settings import Settings
-from server.structured import structured_output
-from server.tools import plan as tools
-from server.validation import ModelFacts, check_prompt_chars, check_request, validate
+from server.pipeline.structured import structured_output
+from server.pipeline.tools import plan as tools
+from server.pipeline.validation import ModelFacts, check_prompt_chars, check_request, validate
 
 
 def check_model(model: str | None, engine: LlamaEngine) -> Adapter | None:

@@ -9,8 +9,8 @@ from engine.request import GenerationInput
 from schemas import GenerationRequest
 
 if TYPE_CHECKING:
-    from server import render
-    from server.metrics import Trace
+    from server.pipeline import render
+    from server.observe.metrics import Trace
     from server.safety.moderation import Moderation
 
 

@@ -148,7 +148,7 @@ def validate(req: GenerationRequest, limits: ApiLimits, model: ModelFacts, promp
              structured_output: StructuredOutput | None = None, adapter: Adapter | None = None) -> GenerationInput:
     """The engine's input for `req` on `prompts` (token ids, one list per prompt), or an InvalidInput.
 
-    `structured_output`: the grammar the answer must match (server/structured.py), None for free text;
+    `structured_output`: the grammar the answer must match (server/pipeline/structured.py), None for free text;
     `adapter`: the LoRA adapter the request's `model` names, None for the base model.
     """
     choices = check_request(req, limits, model)
