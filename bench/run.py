@@ -27,7 +27,7 @@ import httpx
 import orjson
 
 from bench import stats
-from tests.preloaded import die_with_parent
+from bench.processes import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

@@ -19,9 +19,40 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from engine.errors import EngineFailure, InvalidGenerationRequest
-from server.pipeline.validation import InvalidInput
 
 log = logging.getLogger("llamaserve.errors")
+
+
+# --- the gate's typed refusals, given their response shape by `from_invalid_input`
+
+
+class InvalidInput(Exception):
+    """A request the gate (server/pipeline/validation.py) refuses: the caller's fault (400), naming the parameter
+    at fault."""
+
+    code = "invalid_parameter"
+
+    def __init__(self, message: str, param: str | None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidParameter(InvalidInput):
+    """A value, or a combination of values, that cannot be served."""
+
+
+class ContextLengthExceeded(InvalidInput):
+    """The prompt, or the prompt plus max_tokens, does not fit in the model's context."""
+
+    code = "context_length_exceeded"
+
+
+class LimitExceeded(InvalidInput):
+    """More work than the server's limits allow in one request; `code` says which limit."""
+
 
 _TYPES = {
     400: "invalid_request_error",

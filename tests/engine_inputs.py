@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from engine.request import GenerationInput
 from schemas import GenerationRequest
 from server.settings import Settings
-from server.pipeline.validation import InvalidParameter, ModelFacts
+from server.errors import InvalidParameter
+from server.pipeline.validation import ModelFacts
 
 
 def vocabulary_check(size: int):

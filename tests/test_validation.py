@@ -8,16 +8,8 @@ import pytest
 
 from engine.request import BeamParameters, Mode, StructuredOutput
 from schemas import ChatCompletionRequest, CompletionRequest
-from server.errors import from_invalid_input
-from server.pipeline.validation import (
-    API_DEFAULTS,
-    ContextLengthExceeded,
-    InvalidInput,
-    InvalidParameter,
-    LimitExceeded,
-    check_prompt_chars,
-    validate,
-)
+from server.errors import ContextLengthExceeded, InvalidInput, InvalidParameter, LimitExceeded, from_invalid_input
+from server.pipeline.validation import API_DEFAULTS, check_prompt_chars, validate
 from tests.engine_inputs import model_facts
 
 MSG = [{"role": "user", "content": "hi"}]

@@ -16,39 +16,10 @@ from engine.errors import InvalidGenerationRequest
 from engine.request import BeamParameters, GenerationInput, Mode, StructuredOutput
 from schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
+from server.errors import ContextLengthExceeded, InvalidParameter, LimitExceeded
 
 if TYPE_CHECKING:
     from engine.adapters import Adapter
-
-# --- typed errors
-
-
-class InvalidInput(Exception):
-    """A request the gate refuses: the caller's fault (400), naming the parameter at fault."""
-
-    code = "invalid_parameter"
-
-    def __init__(self, message: str, param: str | None, code: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        if code is not None:
-            self.code = code
-
-
-class InvalidParameter(InvalidInput):
-    """A value, or a combination of values, that cannot be served."""
-
-
-class ContextLengthExceeded(InvalidInput):
-    """The prompt, or the prompt plus max_tokens, does not fit in the model's context."""
-
-    code = "context_length_exceeded"
-
-
-class LimitExceeded(InvalidInput):
-    """More work than the server's limits allow in one request; `code` says which limit."""
-
 
 # --- what the gate checks against
 
