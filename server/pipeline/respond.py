@@ -25,15 +25,15 @@ from server.safety.moderation import annotate
 
 
 async def respond(job: Job, engine: LlamaEngine, http_request: Request,
-                  guard_frames: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None,
+                  deadline_frames: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None,
                   **sse_options: Any) -> Response:
     """An event stream when the client asked for one (`stream: true`), else one JSON body.
-    `guard_frames` wraps the event stream's frames (deadlines); `sse_options` go to the event stream."""
+    `deadline_frames` wraps the event stream's frames (deadlines); `sse_options` go to the event stream."""
     if job.moderation is not None:
         await job.moderation.check_prompt()
     if job.request.stream:
         frames = _frames(job, engine)
-        return sse.event_stream(guard_frames(frames) if guard_frames else frames, **sse_options)
+        return sse.event_stream(deadline_frames(frames) if deadline_frames else frames, **sse_options)
     body = await _until_disconnected(http_request, _full(job, engine))
     return Response(orjson.dumps(body), media_type="application/json")
 

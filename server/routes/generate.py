@@ -42,16 +42,16 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
     gate = state.limits.gate(exchange)  # admits within `prepare`, before the prompt is tokenised
     try:
         job = await prepare(req, engine, state.settings, gate)
-        ticket = gate.ticket
-        assert ticket is not None
+        deadline = gate.deadline
+        assert deadline is not None
         _trace(state, exchange, job, engine)
         if state.moderator is not None:
             requester = Requester(identity_of(exchange), lambda tokens: state.limits.charge_tokens(exchange, tokens))
             job.moderation = state.moderator.for_request(job.request, job.prompts, job.total_choices, engine,
                                                          exchange.key_id, requester)
-        # A streamed reply's frames pass through the ticket, which ends the event stream at the deadline.
+        # A streamed reply's frames pass through its deadline, which ends the event stream when it passes.
         options = sse.event_stream_options(state.settings.protection.shutdown_grace_s)
-        reply = await ticket.within(respond.respond(job, engine, request, ticket.stream, **options))
+        reply = await deadline.within(respond.respond(job, engine, request, deadline.stream, **options))
     except BaseException as exc:
         gate.settle()  # the request is over before its response starts: its headers show the settled state
         if isinstance(exc, EngineError):
