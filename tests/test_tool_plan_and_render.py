@@ -300,11 +300,11 @@ def test_prepare_gives_the_template_the_tools_and_split_history(clean_env):
     messages, given_tools = engine.calls[-1]
     assert given_tools == [WEATHER]
     assert [len(m.get("tool_calls", ())) for m in messages] == [0, 1, 1]
-    assert job.plan.structured_output is None  # auto: the model is free
+    assert job.engine_input.structured_output is None  # auto: the model is free
     prepare(engine, tools=[WEATHER], tool_choice="none")
     assert engine.calls[-1][1] is None  # none: the model is not shown the tools
     forced = prepare(engine, tools=[WEATHER], tool_choice="required")
-    assert "get_weather" in forced.plan.structured_output.grammar
+    assert "get_weather" in forced.engine_input.structured_output.grammar
 
 
 class ScriptedEngine(RecordingEngine):

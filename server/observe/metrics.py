@@ -138,12 +138,12 @@ class Metrics:
         return (generate_latest(_WithoutAdapters(self.registry, hide_adapters))
                 + generate_latest(_WithoutAdapters(REGISTRY, hide_adapters)))
 
-    def trace(self, exchange: Exchange, keep_text: bool, adapter: str | None = None) -> Trace:
+    def for_request(self, exchange: Exchange, keep_text: bool, adapter: str | None = None) -> RequestMetrics:
         """Follows an admitted generation request; its counts reach the metrics and access log at `finish`."""
-        return Trace(self, exchange, keep_text, adapter=adapter)
+        return RequestMetrics(self, exchange, keep_text, adapter=adapter)
 
 
-class Trace:
+class RequestMetrics:
     """One generation request's token timings and counts; it also fills the access log's token fields."""
 
     def __init__(self, metrics: Metrics, exchange: Exchange, keep_text: bool, adapter: str | None = None):

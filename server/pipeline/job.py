@@ -10,7 +10,7 @@ from schemas import GenerationRequest
 
 if TYPE_CHECKING:
     from server.pipeline import render
-    from server.observe.metrics import Trace
+    from server.observe.metrics import RequestMetrics
     from server.safety.moderation import Moderation
 
 
@@ -22,16 +22,16 @@ class Job:
     request: GenerationRequest
     flavor: render.Flavor
     prompts: list[list[int]]
-    plan: GenerationInput  # the engine's input, the same for each prompt
+    engine_input: GenerationInput  # the same for each prompt
     echo_texts: list[str] | None = None  # prompt texts to echo, one per prompt
-    trace: Trace | None = None  # metrics and access-log hook, set by the route
+    metrics: RequestMetrics | None = None  # its token counts for the metrics and the access log, set by the route
     moderation: Moderation | None = None  # content safety checks, set by the route when a guard is on
 
     @property
     def model_name(self) -> str | None:
         """The adapter's name, which responses report as their model; None: the base model's."""
-        return self.plan.adapter.name if self.plan.adapter else None
+        return self.engine_input.adapter.name if self.engine_input.adapter else None
 
     @property
     def total_choices(self) -> int:
-        return len(self.prompts) * self.plan.n
+        return len(self.prompts) * self.engine_input.n

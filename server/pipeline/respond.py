@@ -41,15 +41,15 @@ async def respond(job: Job, engine: LlamaEngine, http_request: Request,
 async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
     try:
         async with asyncio.TaskGroup() as group:  # one failure cancels the other prompts' requests
-            tasks = [group.create_task(engine.complete(p, job.plan, f"{job.request_id}-{i}")) for i, p in enumerate(job.prompts)]
+            tasks = [group.create_task(engine.complete(p, job.engine_input, f"{job.request_id}-{i}")) for i, p in enumerate(job.prompts)]
     except BaseExceptionGroup as failed:
         raise failed.exceptions[0] from None
     steps = [t.result() for t in tasks]
     if job.moderation is not None:
         await job.moderation.full(steps)
-    if job.trace is not None:
-        job.trace.full(steps)
-    n = job.plan.n
+    if job.metrics is not None:
+        job.metrics.full(steps)
+    n = job.engine_input.n
     choices = []
     for p_idx, step in enumerate(steps):
         for c in step.choices:
@@ -58,7 +58,7 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
                 index=p_idx * n + c.index,
                 text=c.text,
                 finish_reason=c.finish_reason,
-                logprobs=c.logprobs if job.plan.logprobs is not None else None,
+                logprobs=c.logprobs if job.engine_input.logprobs is not None else None,
                 prompt=step.prompt if echo else None,
                 prompt_text=job.echo_texts[p_idx] if echo else "",
             )
@@ -71,7 +71,7 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
 
 
 async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
-    flavor, n = job.flavor, job.plan.n
+    flavor, n = job.flavor, job.engine_input.n
     created = int(time.time())
     head = flavor.envelope(job.request_id, created, job.model_name or engine.info.name, chunk=True)
     state = render.StreamState()
@@ -88,14 +88,14 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
     # The per-token frame of a one-choice stream without logprobs, rendered once: only the text changes.
     text_frame = None
     last = b""
-    if job.total_choices == 1 and job.plan.logprobs is None and not every_usage and flavor.plain_text_deltas:
+    if job.total_choices == 1 and job.engine_input.logprobs is None and not every_usage and flavor.plain_text_deltas:
         probe = flavor.delta_choice(ChoiceDelta(0, sse.SLOT, [], None), render.ChoiceState())
         text_frame = sse.FrameTemplate({**head, "choices": [probe]})
     try:
         steps = _merged(job, engine)
         async for p_idx, step in job.moderation.stream(steps) if job.moderation is not None else steps:
-            if job.trace is not None:
-                job.trace.step(p_idx, step)
+            if job.metrics is not None:
+                job.metrics.step(p_idx, step)
             if text_frame is not None and len(step.choices) == 1:
                 c = step.choices[0]
                 if c.finish_reason is None and c.logprobs is None:
@@ -131,14 +131,14 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
 async def _merged(job: Job, engine: LlamaEngine) -> AsyncIterator[tuple[int, Step]]:
     """The steps of every prompt's engine request, as they come (one prompt: no extra task or queue)."""
     if len(job.prompts) == 1:
-        async for step in engine.stream(job.prompts[0], job.plan, job.request_id):
+        async for step in engine.stream(job.prompts[0], job.engine_input, job.request_id):
             yield 0, step
         return
     queue: asyncio.Queue[tuple[int, Step] | BaseException | None] = asyncio.Queue()
 
     async def pump(i: int, prompt: list[int]) -> None:
         try:
-            async for step in engine.stream(prompt, job.plan, f"{job.request_id}-{i}"):
+            async for step in engine.stream(prompt, job.engine_input, f"{job.request_id}-{i}"):
                 await queue.put((i, step))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
             await queue.put(exc)

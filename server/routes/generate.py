@@ -1,11 +1,11 @@
 """The four completion routes: Azure's /chat/completions and /completions, OpenAI's and Llama's /v1/ twins.
 
 A generation request's lifetime is put together here, in `_serve`: parsed, admitted (the rate limits and a slot,
-before its prompt is tokenised; see server/protection/limits.py `Gate`) and prepared (server/pipeline/generation.py), traced (metrics
-and the access log's token counts, at the exchange's end), checked by the guard if one is on, and answered within
-its deadline. The slot is freed at the exchange's end, the outermost middleware's (server/observe/access_log.py), after
-the response's last byte; the tokens are settled then too, or before a full response starts, so that its
-x-ratelimit-* headers show them.
+before its prompt is tokenised; see server/protection/limits.py `Gate`) and prepared
+(server/pipeline/generation.py), measured (metrics and the access log's token counts, at the exchange's end),
+checked by the guard if one is on, and answered within its deadline. The slot is freed at the exchange's end, the
+outermost middleware's (server/observe/access_log.py), after the response's last byte; the tokens are settled
+then too, or before a full response starts, so that its x-ratelimit-* headers show them.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
         job = await prepare(req, engine, state.settings, gate)
         deadline = gate.deadline
         assert deadline is not None
-        _trace(state, exchange, job, engine)
+        _observe(state, exchange, job, engine)
         if state.moderator is not None:
             requester = Requester(identity_of(exchange), lambda tokens: state.limits.charge_tokens(exchange, tokens))
             job.moderation = state.moderator.for_request(job.request, job.prompts, job.total_choices, engine,
@@ -62,15 +62,15 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
     return reply
 
 
-def _trace(state: ServerState, exchange: Exchange, job: generation.Job, engine: LlamaEngine) -> None:
+def _observe(state: ServerState, exchange: Exchange, job: generation.Job, engine: LlamaEngine) -> None:
     """The access log's request fields now; the token counts as the reply goes, into the metrics at the end."""
     keep_text = state.settings.log_prompts
     exchange.prompt_tokens = sum(len(p) for p in job.prompts)
     exchange.model = job.model_name or engine.info.name
     if keep_text:
         exchange.prompt = [engine.decode(p) for p in job.prompts]
-    job.trace = state.metrics.trace(exchange, keep_text, adapter=job.model_name)
-    exchange.on_end(job.trace.finish)
+    job.metrics = state.metrics.for_request(exchange, keep_text, adapter=job.model_name)
+    exchange.on_end(job.metrics.finish)
 
 
 @router.post("/chat/completions", openapi_extra=body_doc(ChatCompletionRequest))
