@@ -34,6 +34,7 @@ from pydantic_settings import (
 from typing_extensions import Annotated
 
 from engine.guard_format import resolve_codes
+from engine.tool_format import TOOL_CALL_FORMATS
 from server import adapter_settings
 from server.engine_settings import EngineFields, EngineSettings
 
@@ -81,7 +82,7 @@ class Settings(EngineFields, BaseSettings):
     grammar_timeout_s: float = Field(
         10.0, gt=0, description="longest a response_format or forced tool call grammar may take to build (else 400)"
     )
-    tool_call_format: Literal["auto", "llama3_json", "pythonic", "llama4_pythonic"] = Field(
+    tool_call_format: Literal[("auto", *TOOL_CALL_FORMATS)] = Field(
         "auto", description="how the model writes tool calls; auto: read from its config and chat template"
     )
 

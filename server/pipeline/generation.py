@@ -42,18 +42,19 @@ async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings
     """The job for a chat request; `gate` admits it once it is known to be well-formed, before its prompt is built."""
     adapter = check_model(req.model, engine)
     model = ModelFacts.of(engine)
-    choices = check_request(req, settings, model)  # refuse what cannot run before doing work for it
+    limits = settings.api_limits
+    choices = check_request(req, limits, model)  # refuse what cannot run before doing work for it
     fmt = engine.info.tool_call_format if settings.tool_call_format == "auto" else settings.tool_call_format
     tool_plan = tools.resolve(req, fmt)
     messages = tools.for_template(template_messages(req.messages), fmt)
     chars = sum(len(m["content"]) for m in messages)
-    check_prompt_chars(chars, settings, "messages")
+    check_prompt_chars(chars, limits, "messages")
     await gate.admit_prompts(chars, 0, req.max_tokens, choices.candidates)
     with_tools = {"tools": tool_plan.template_tools} if tool_plan else {}  # requests without tools: as before
     prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars, **with_tools)
     gate.count_prompts(len(prompt))
     shape = await structured_output(req, tool_plan.schema if tool_plan else None, settings.grammar_timeout_s)
-    gen = validate(req, settings, model, [prompt], structured_output=shape, adapter=adapter)
+    gen = validate(req, limits, model, [prompt], structured_output=shape, adapter=adapter)
     flavor = render.ChatFlavor(top_k=gen.logprobs, tools=tool_plan)
     return Job(_request_id(flavor), req, flavor, [prompt], gen)
 
@@ -63,16 +64,17 @@ async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settin
     are tokenised."""
     adapter = check_model(req.model, engine)
     model = ModelFacts.of(engine)
-    choices = check_request(req, settings, model)
+    limits = settings.api_limits
+    choices = check_request(req, limits, model)
     given = req.prompts()
     chars = sum(len(p) for p in given if isinstance(p, str))
-    check_prompt_chars(chars, settings, "prompt")
+    check_prompt_chars(chars, limits, "prompt")
     token_ids = sum(len(p) for p in given if not isinstance(p, str))
     await gate.admit_prompts(chars, token_ids, req.max_tokens, choices.candidates * len(given))
     prompts = [await engine.encode_text(p) if isinstance(p, str) else p for p in given]
     gate.count_prompts(sum(len(p) for p in prompts))
     shape = await structured_output(req, None, settings.grammar_timeout_s)
-    gen = validate(req, settings, model, prompts, structured_output=shape, adapter=adapter)
+    gen = validate(req, limits, model, prompts, structured_output=shape, adapter=adapter)
     echo_texts = [p if isinstance(p, str) else engine.decode(p) for p in given] if req.echo else None
     flavor = render.CompletionFlavor(top_k=gen.logprobs)
     return Job(_request_id(flavor), req, flavor, prompts, gen, echo_texts)

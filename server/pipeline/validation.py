@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import InvalidGenerationRequest
 from engine.request import BeamParameters, GenerationInput, Mode, StructuredOutput
@@ -20,19 +20,9 @@ from server.errors import ContextLengthExceeded, InvalidParameter, LimitExceeded
 
 if TYPE_CHECKING:
     from engine.adapters import Adapter
+    from server.settings import ApiLimits
 
 # --- what the gate checks against
-
-
-class ApiLimits(Protocol):
-    """The server's limits on one request (server/settings.py)."""
-
-    max_n: int
-    max_best_of: int
-    max_logprobs: int
-    max_prompts_per_request: int
-    max_sequences_per_request: int
-    max_prompt_chars: int
 
 
 @dataclass(frozen=True)

@@ -40,11 +40,11 @@ async def tokenize(request: Request) -> dict:
     try:
         if body.messages is not None:
             messages = template_messages(body.messages)
-            check_prompt_chars(sum(len(m["content"]) for m in messages), state.settings, "messages")
+            check_prompt_chars(sum(len(m["content"]) for m in messages), state.settings.api_limits, "messages")
             await _admit(state, request)
             tokens = await engine.encode_chat(messages, max_chars=state.settings.max_prompt_chars)
         else:
-            check_prompt_chars(len(body.prompt or ""), state.settings, "prompt")
+            check_prompt_chars(len(body.prompt or ""), state.settings.api_limits, "prompt")
             await _admit(state, request)
             tokens = await engine.encode_text(body.prompt or "", add_special_tokens=body.add_special_tokens)
     except EngineError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from schemas.chat import ChatCompletionRequest, ChatMessage
 from schemas.tools import NamedToolChoice, Tool
@@ -12,10 +12,6 @@ from server.errors import bad_request
 from server.pipeline.structured import check_schemas
 from server.pipeline.tools.parsers import CallParser, ForcedCallParser
 from server.pipeline.tools.schema import call_schema
-
-ToolCallFormat = Literal["llama3_json", "pythonic", "llama4_pythonic"]
-FORMATS: tuple[str, ...] = ("llama3_json", "pythonic", "llama4_pythonic")
-
 
 @dataclass(frozen=True)
 class ToolPlan:
