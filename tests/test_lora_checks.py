@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from engine.adapters import AdapterNotFound, BaseLayers, InvalidAdapter, inspect_adapter, module_dims
-from engine.tiny_lora import ensure_tiny_lora, tensor_name, write_adapter
+from tests.tiny_lora import ensure_tiny_lora, tensor_name, write_adapter
 from server.models import adapters as server_adapters
 from server import cli
 from server.adapter_settings import lora_enabled
