@@ -50,7 +50,9 @@ async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings
     chars = sum(len(m["content"]) for m in messages)
     check_prompt_chars(chars, limits, "messages")
     await gate.admit_prompts(chars, 0, req.max_tokens, choices.candidates)
-    with_tools = {"tools": tool_plan.template_tools} if tool_plan else {}  # requests without tools: as before
+    # No `tools` at all without tools: an empty list is not `none` to Llama 3.1's template, which would add its
+    # tool-calling preamble to the prompt.
+    with_tools = {"tools": tool_plan.template_tools} if tool_plan else {}
     prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars, **with_tools)
     gate.count_prompts(len(prompt))
     shape = await structured_output(req, tool_plan.schema if tool_plan else None, settings.grammar_timeout_s)
