@@ -91,7 +91,7 @@ def test_the_token_reservation_counts_every_prompt_and_candidate():
     exchange = Exchange("rid", "POST", "/v1/completions", "127.0.0.1")
 
     async def main() -> None:
-        await prepare_completion(req, ScriptedEngine(), cfg, Limits(cfg).gate(exchange))
+        await prepare_completion(req, ScriptedEngine(), cfg, Limits(cfg).admission_for(exchange))
 
     run(main())
     reserved = 120 - int(dict(exchange.response_headers)[b"x-ratelimit-remaining-tokens"])

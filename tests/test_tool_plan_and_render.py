@@ -283,7 +283,7 @@ def prepare(engine, settings_fields=None, **fields):
     from server.settings import Settings
 
     settings = Settings(**(settings_fields or {}))
-    gate = Limits(settings).gate(Exchange("rid", "POST", "/v1/chat/completions", "127.0.0.1"))
+    gate = Limits(settings).admission_for(Exchange("rid", "POST", "/v1/chat/completions", "127.0.0.1"))
     return asyncio.run(prepare_chat(request(**fields), engine, settings, gate))
 
 

@@ -2,7 +2,7 @@
 
 - request body size: 413 before parsing (Content-Length, then the bytes actually read);
 - rate limits per API key (server/protection/rates.py): requests and tokens per minute. A request passes them before any
-  work is done for its prompt (`Gate`): its tokens are reserved on an estimate (prompt characters / 4, plus
+  work is done for its prompt (`RequestAdmission`): its tokens are reserved on an estimate (prompt characters / 4, plus
   max_tokens, or `rate_limit_default_reserve_tokens` without it, x sequences), corrected to the prompt's exact
   count once it is tokenised, and settled to what was used when the request ends;
 - body read timeout: the whole body within `body_timeout_s`, else 408 and close;
@@ -197,7 +197,7 @@ def identity_of(exchange: Exchange) -> str:
     return exchange.key_id or f"addr:{exchange.client}"
 
 
-class Gate:
+class RequestAdmission:
     """One request's way through the limits, before the work it asks for: one request and a token reservation
     from its key's rate limits, then a slot (queued first-come first-served). Once its prompt is tokenised,
     `count_prompts` puts the exact count in place of the estimate; when the exchange ends (after a stream's last
@@ -297,9 +297,9 @@ class Limits:
         self.admission = Admission(protection.max_concurrent_requests, protection.max_queued_requests)
         self.deadlines: set[Deadline] = set()
 
-    def gate(self, exchange: Exchange) -> Gate:
+    def admission_for(self, exchange: Exchange) -> RequestAdmission:
         """The way through the limits for the request `exchange` records (nothing is charged yet)."""
-        return Gate(self, exchange)
+        return RequestAdmission(self, exchange)
 
     def charge_tokens(self, exchange: Exchange, tokens: int) -> None:
         """Charges `tokens` more to the key of an admitted request, for work done on its behalf beyond its

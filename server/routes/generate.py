@@ -1,7 +1,7 @@
 """The four completion routes: Azure's /chat/completions and /completions, OpenAI's and Llama's /v1/ twins.
 
 A generation request's lifetime is put together here, in `_serve`: parsed, admitted (the rate limits and a slot,
-before its prompt is tokenised; see server/protection/limits.py `Gate`) and prepared
+before its prompt is tokenised; see server/protection/limits.py `RequestAdmission`) and prepared
 (server/pipeline/generation.py), measured (metrics and the access log's token counts, at the exchange's end),
 checked by the guard if one is on, and answered within its deadline. The slot is freed at the exchange's end, the
 outermost middleware's (server/observe/access_log.py), after the response's last byte; the tokens are settled
@@ -39,10 +39,10 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
     engine = state.ready_engine()
     exchange = exchange_of(request)
     adapters.check_access(state.settings, exchange.key_id, req.model, engine)
-    gate = state.limits.gate(exchange)  # admits within `prepare`, before the prompt is tokenised
+    admission = state.limits.admission_for(exchange)  # admits within `prepare`, before the prompt is tokenised
     try:
-        job = await prepare(req, engine, state.settings, gate)
-        deadline = gate.deadline
+        job = await prepare(req, engine, state.settings, admission)
+        deadline = admission.deadline
         assert deadline is not None
         _observe(state, exchange, job, engine)
         if state.moderator is not None:
@@ -53,12 +53,12 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
         options = sse.event_stream_options(state.settings.protection.shutdown_grace_s)
         reply = await deadline.within(respond.respond(job, engine, request, deadline.stream, **options))
     except BaseException as exc:
-        gate.settle()  # the request is over before its response starts: its headers show the settled state
+        admission.settle()  # the request is over before its response starts: its headers show the settled state
         if isinstance(exc, EngineError):
             raise engine_error(exc) from exc
         raise
     if not job.request.stream:
-        gate.settle()
+        admission.settle()
     return reply
 
 

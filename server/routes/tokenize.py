@@ -25,8 +25,8 @@ router = APIRouter(tags=["tokenizer"])
 
 
 async def _admit(state: ServerState, request: Request) -> None:
-    """One request, no tokens, one slot until the response is sent (the generation routes' `Gate`)."""
-    await state.limits.gate(exchange_of(request)).admit(NO_TOKENS)
+    """One request, no tokens, one slot until the response is sent (the generation routes' `RequestAdmission`)."""
+    await state.limits.admission_for(exchange_of(request)).admit(NO_TOKENS)
 
 
 @router.post("/tokenize", openapi_extra=body_doc(TokenizeRequest))
