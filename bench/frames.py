@@ -50,7 +50,7 @@ def _job(api: str) -> Job:
         req = CompletionRequest.model_validate({"prompt": "hi", "stream": True, "max_tokens": TOKENS})
         flavor = render.CompletionFlavor()
     facts = ModelFacts(context_length=4096, is_chat=True, check_token_ids=lambda ids, param: None)
-    return Job("bench-1", req, flavor, [[1, 2, 3]], validate(req, Settings().api_limits, facts, [[1, 2, 3]]))
+    return Job("bench-1", flavor, [[1, 2, 3]], validate(req, Settings().api_limits, facts, [[1, 2, 3]]), stream=True)
 
 
 async def _one(api: str) -> None:

@@ -1,16 +1,16 @@
-"""A generation request past the gate: what the pipeline, the limits and the metrics know of it."""
+"""A generation request past the gate: all that the later stages (respond, the guard, the limits, the metrics) read
+of it. The wire model stops at the gate."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.request import GenerationInput
-from schemas import GenerationRequest
 
 if TYPE_CHECKING:
-    from server.pipeline import render
     from server.observe.metrics import RequestMetrics
+    from server.pipeline import render
     from server.safety.moderation import Moderation
 
 
@@ -19,11 +19,18 @@ class Job:
     """A validated request, converted for the engine."""
 
     request_id: str
-    request: GenerationRequest
     flavor: render.Flavor
     prompts: list[list[int]]
     engine_input: GenerationInput  # the same for each prompt
+    stream: bool = False
+    # A stream's usage: in a last chunk of its own (stream_options.include_usage, on unless turned off), and in
+    # every chunk (stream_options.continuous_usage_stats).
+    usage_at_end: bool = True
+    usage_in_every_chunk: bool = False
     echo_texts: list[str] | None = None  # prompt texts to echo, one per prompt
+    # A chat's messages as its template takes them and the tools it declares, for the guard; None for completions.
+    template_messages: list[dict[str, Any]] | None = None
+    declared_tools: list[dict[str, Any]] | None = None
     metrics: RequestMetrics | None = None  # its token counts for the metrics and the access log, set by the route
     moderation: Moderation | None = None  # content safety checks, set by the route when a guard is on
 

@@ -31,7 +31,7 @@ async def respond(job: Job, engine: LlamaEngine, http_request: Request,
     `deadline_frames` wraps the event stream's frames (deadlines); `sse_options` go to the event stream."""
     if job.moderation is not None:
         await job.moderation.check_prompt()
-    if job.request.stream:
+    if job.stream:
         frames = _frames(job, engine)
         return sse.event_stream(deadline_frames(frames) if deadline_frames else frames, **sse_options)
     body = await _until_disconnected(http_request, _full(job, engine))
@@ -41,7 +41,8 @@ async def respond(job: Job, engine: LlamaEngine, http_request: Request,
 async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
     try:
         async with asyncio.TaskGroup() as group:  # one failure cancels the other prompts' requests
-            tasks = [group.create_task(engine.complete(p, job.engine_input, f"{job.request_id}-{i}")) for i, p in enumerate(job.prompts)]
+            tasks = [group.create_task(engine.complete(p, job.engine_input, f"{job.request_id}-{i}"))
+                     for i, p in enumerate(job.prompts)]
     except BaseExceptionGroup as failed:
         raise failed.exceptions[0] from None
     steps = [t.result() for t in tasks]
@@ -82,9 +83,7 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
     completion_tokens = [0] * len(job.prompts)
     cached_tokens = [0] * len(job.prompts)  # the largest a step reported: a guard's closing step reports none
     finished = 0
-    options = job.request.stream_options
-    include_usage = options is None or options.include_usage
-    every_usage = options is not None and options.continuous_usage_stats
+    include_usage, every_usage = job.usage_at_end, job.usage_in_every_chunk
     # The per-token frame of a one-choice stream without logprobs, rendered once: only the text changes.
     text_frame = None
     last = b""

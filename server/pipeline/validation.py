@@ -1,9 +1,10 @@
-"""The gate between the API and the engine: a parsed request in, the engine's fully resolved input out.
+"""The gate's rules: what a request means, checked against the server's limits and the model's facts.
 
 As TGI's `Validation::validate`: the request's cross-field rules, the server's limits and the model's facts are
-checked here, and every default is applied here, once (the table below); what fails raises one of the typed
-errors below, which name the parameter (server/errors.py gives them the documented 4xx shape). Pydantic (schemas/)
-has checked each field's own range before.
+checked here, and every default is applied here, once (the table below); what fails raises one of the gate's typed
+refusals (server/errors.py `InvalidInput`), which name the parameter. The gate itself, which runs these rules once
+per request, is server/pipeline/generation.py. Pydantic (schemas/) has checked each field's shape and range before:
+validation has two homes, the wire schemas and the gate.
 """
 
 from __future__ import annotations
@@ -106,13 +107,16 @@ def check_request(req: GenerationRequest, limits: ApiLimits, model: ModelFacts) 
 
 
 def validate(req: GenerationRequest, limits: ApiLimits, model: ModelFacts, prompts: list[list[int]], *,
-             structured_output: StructuredOutput | None = None, adapter: Adapter | None = None) -> GenerationInput:
+             structured_output: StructuredOutput | None = None, adapter: Adapter | None = None,
+             choices: Choices | None = None) -> GenerationInput:
     """The engine's input for `req` on `prompts` (token ids, one list per prompt), or an InvalidInput.
 
     `structured_output`: the grammar the answer must match (server/pipeline/structured.py), None for free text;
-    `adapter`: the LoRA adapter the request's `model` names, None for the base model.
+    `adapter`: the LoRA adapter the request's `model` names, None for the base model; `choices`: what
+    `check_request` gave for `req`, which runs here when it has not run before.
     """
-    choices = check_request(req, limits, model)
+    if choices is None:
+        choices = check_request(req, limits, model)
     chat = isinstance(req, ChatCompletionRequest)
     if isinstance(req, CompletionRequest):
         for given in req.prompts():

@@ -19,12 +19,9 @@ from engine.core import LlamaEngine
 from engine.errors import EngineError
 from schemas import ChatCompletionRequest, CompletionRequest
 from server import sse
-from server.models import adapters
-from server.pipeline import generation
-from server.pipeline import parse
-from server.pipeline import respond
 from server.errors import engine_error
 from server.observe.exchange import Exchange, exchange_of
+from server.pipeline import generation, parse, respond
 from server.protection.limits import identity_of
 from server.routes.docs import body_doc
 from server.safety.requesters import Requester
@@ -38,17 +35,17 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
     req = parse.parse_request(await request.body(), model, request.headers.get("extra-parameters"), state.settings)
     engine = state.ready_engine()
     exchange = exchange_of(request)
-    adapters.check_access(state.settings, exchange.key_id, req.model, engine)
     admission = state.limits.admission_for(exchange)  # admits within `prepare`, before the prompt is tokenised
     try:
-        job = await prepare(req, engine, state.settings, admission)
+        job = await prepare(req, engine, state.settings, admission, exchange.key_id)
         deadline = admission.deadline
         assert deadline is not None
         _observe(state, exchange, job, engine)
         if state.moderator is not None:
             requester = Requester(identity_of(exchange), lambda tokens: state.limits.charge_tokens(exchange, tokens))
-            job.moderation = state.moderator.for_request(job.request, job.prompts, job.total_choices, engine,
-                                                         exchange.key_id, requester)
+            job.moderation = state.moderator.for_request(job.prompts, job.total_choices, engine, exchange.key_id,
+                                                         requester, chat=job.template_messages,
+                                                         tools=job.declared_tools)
         # A streamed reply's frames pass through its deadline, which ends the event stream when it passes.
         options = sse.event_stream_options(state.settings.protection.shutdown_grace_s)
         reply = await deadline.within(respond.respond(job, engine, request, deadline.stream, **options))
@@ -57,7 +54,7 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
         if isinstance(exc, EngineError):
             raise engine_error(exc) from exc
         raise
-    if not job.request.stream:
+    if not job.stream:
         admission.settle()
     return reply
 

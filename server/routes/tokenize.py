@@ -14,7 +14,6 @@ from schemas.tokenize import DetokenizeRequest, TokenizeRequest
 from server.models import adapters
 from server.errors import engine_error
 from server.observe.exchange import exchange_of
-from server.pipeline.generation import check_model
 from server.protection.limits import NO_TOKENS
 from server.pipeline.parse import parse_body
 from server.routes.docs import body_doc
@@ -35,8 +34,7 @@ async def tokenize(request: Request) -> dict:
     state = state_of(request)
     body = parse_body(await request.body(), TokenizeRequest, state.settings)
     engine = state.ready_engine()
-    adapters.check_access(state.settings, exchange_of(request).key_id, body.model, engine)
-    check_model(body.model, engine)
+    adapters.resolve(state.settings, exchange_of(request).key_id, body.model, engine)
     try:
         if body.messages is not None:
             messages = template_messages(body.messages)
@@ -58,8 +56,7 @@ async def detokenize(request: Request) -> dict:
     state = state_of(request)
     body = parse_body(await request.body(), DetokenizeRequest, state.settings)
     engine = state.ready_engine()
-    adapters.check_access(state.settings, exchange_of(request).key_id, body.model, engine)
-    check_model(body.model, engine)
+    adapters.resolve(state.settings, exchange_of(request).key_id, body.model, engine)
     try:
         engine.check_token_ids(body.tokens, "tokens")
     except EngineError as exc:
