@@ -1,4 +1,4 @@
-"""A generation request past the gate: all that the later stages (respond, the guard, the limits, the metrics) read
+"""A generation request past the gate: all that the later stages (respond, the guard, the metrics) read of it.
 of it. The wire model stops at the gate."""
 
 from __future__ import annotations
