@@ -1,5 +1,5 @@
 """A generation request past the gate: all that the later stages (respond, the guard, the metrics) read of it.
-of it. The wire model stops at the gate."""
+The wire model stops at the gate."""
 
 from __future__ import annotations
 
