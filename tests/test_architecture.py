@@ -1,4 +1,5 @@
-"""The layering the code promises: only engine/ imports vLLM; schemas/ is pure pydantic."""
+"""The layering the code promises: only engine/ imports vLLM; schemas/ is pure pydantic; server/'s wings import only
+the wings below them (docs/ARCHITECTURE.md); the product imports nothing from tests/."""
 
 from __future__ import annotations
 
