@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 import schemas.chat
+from schemas import ChatCompletionRequest
+from server.errors import InvalidParameter
 from server.models import adapters
 from server.pipeline import generation, parse, respond, validation
 from server.pipeline.tools import plan
@@ -93,3 +95,27 @@ def test_a_model_not_served_is_one_404_before_any_rule(calls, path, body):
     reply = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found"
     assert calls["model.resolve"] == 1 and calls["check_request"] == 0
+
+
+def _nested(levels: int) -> dict:
+    schema: dict = {"type": "array"}
+    for _ in range(levels):
+        schema = {"type": "array", "items": schema}
+    return {"type": "object", "properties": {"a": schema}}
+
+
+DEEP = _nested(12)  # deeper than structured.MAX_NESTING (10): a schema rule, run for tools by the gate
+
+
+@pytest.mark.parametrize("fields,param", [
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [WEATHER, WEATHER]}, "tools"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "x", "content": "r"}]},
+     "messages"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": DEEP}}]}, "tools"),
+])
+def test_the_tools_rules_refuse_with_the_gates_own_errors(fields, param):
+    req = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], **fields})
+    with pytest.raises(InvalidParameter) as refused:
+        plan.resolve(req, "llama3_json")
+    assert refused.value.param == param and refused.value.status == 400
