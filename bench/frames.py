@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator
 from engine.outputs import ChoiceDelta, PromptInfo, Step
 from engine.request import GenerationInput
 from schemas import ChatCompletionRequest, CompletionRequest
-from server import render, respond
-from server.job import Job
+from server.pipeline import render
+from server.pipeline import respond
+from server.pipeline.job import Job
 from server.settings import Settings
-from server.validation import ModelFacts, validate
+from server.pipeline.validation import ModelFacts, validate
 
 TOKENS = 64
 REQUESTS = 300
@@ -49,7 +50,7 @@ def _job(api: str) -> Job:
         req = CompletionRequest.model_validate({"prompt": "hi", "stream": True, "max_tokens": TOKENS})
         flavor = render.CompletionFlavor()
     facts = ModelFacts(context_length=4096, is_chat=True, check_token_ids=lambda ids, param: None)
-    return Job("bench-1", req, flavor, [[1, 2, 3]], validate(req, Settings(), facts, [[1, 2, 3]]))
+    return Job("bench-1", flavor, [[1, 2, 3]], validate(req, Settings().api_limits, facts, [[1, 2, 3]]), stream=True)
 
 
 async def _one(api: str) -> None:

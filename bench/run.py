@@ -28,11 +28,11 @@ import httpx
 import orjson
 
 from bench import stats
-from tests.preloaded import die_with_parent
+from bench.processes import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-# The built-in models (server/model_source.py): random weights, and real ones whose cost per token is a real model's.
+# The built-in models (server/models/model_source.py): random weights, and real ones whose cost per token is a real model's.
 MODELS = ("tiny", "smollm2")
 MAX_MODEL_LEN = 1024  # both servers, whatever the model's own context
 READY_TIMEOUT_S = 300
@@ -163,7 +163,7 @@ class Server:
 
 def built_model(model: str, cache_dir: Path) -> tuple[Path, str]:
     """The built-in model's directory (built first if missing) and the name both servers serve it under."""
-    from server import model_source
+    from server.models import model_source
 
     if model == "smollm2":
         from engine.smollm2_model import ensure_smollm2_model
@@ -198,7 +198,7 @@ def llamaserve_server(cache_dir: Path, log_dir: Path, model: str, extra: list[st
 
 def vllm_server(model_dir: Path, served_name: str, log_dir: Path, tool_parser: bool) -> Server:
     port = free_port()
-    # The engine arguments llamaserve gives its built-in models (engine.core / server.app / server.model_source).
+    # The engine arguments llamaserve gives its built-in models (engine.core / server.app / server.models.model_source).
     argv = [PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
             "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
             "--enforce-eager", "--dtype", "bfloat16", "--max-model-len", str(MAX_MODEL_LEN),

@@ -54,7 +54,7 @@ def _ms(v: float | None) -> float | None:
     return None if v is None else v * 1000
 
 
-STALL_S = 0.2  # a gap between a stream's tokens longer than this is a stall (issue 16)
+STALL_S = 0.2  # a gap between a stream's tokens longer than this is a stall
 
 
 def summarize(records: list[dict[str, Any]], *, wall_s: float, server_cpu_s: float, engine_cpu_s: float | None = None) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """What the engine is asked to generate: its own input type, fully resolved, so that no API name reaches the engine.
 
-The server's gate (server/validation.py) builds it from an API request, applying every default once; the engine
+The server's gate (server/pipeline/validation.py) builds it from an API request, applying every default once; the engine
 maps it to vLLM's parameters (engine/sampling.py) without resolving anything further.
 """
 

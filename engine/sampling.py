@@ -1,6 +1,6 @@
 """The one place where the engine's input (engine/request.py) becomes vLLM sampling parameters.
 
-Nothing is resolved here: the input arrives with every default applied (server/validation.py).
+Nothing is resolved here: the input arrives with every default applied (server/pipeline/validation.py).
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def _corpus(lines: int = 4000) -> list[str]:
     return text
 
 
-def _build_tokenizer():
+def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -137,7 +137,7 @@ def _build(out: Path) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     stop_ids = [ids["<|end_of_text|>"], ids["<|eom_id|>"], ids["<|eot_id|>"]]
     config = LlamaConfig(

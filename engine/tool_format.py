@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# Every format a checkpoint may write calls in, and so every one the server can parse (server/pipeline/tools).
+TOOL_CALL_FORMATS = ("llama3_json", "pythonic", "llama4_pythonic")
+
 
 def detect(hf_config: Any, chat_template: str | None) -> str:
     """llama4_pythonic for Llama 4; pythonic for Llama 3.2 1B/3B; llama3_json (3.1, 3.3, and the rest) otherwise.

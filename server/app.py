@@ -13,13 +13,15 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from engine.core import EngineOptions, LlamaEngine, cache_vllm_environment
-from server import adapters, errors, model_source
+from server import errors
+from server.models import adapters
+from server.models import model_source
 from server.adapter_settings import lora_enabled
-from server.content_type import JsonBodyMiddleware
-from server.lifecycle import MODEL_LOAD_EXIT_CODE
-from server.limits import BodyLimitMiddleware
-from server.observability import RequestContextMiddleware
-from server.security import ApiKeyMiddleware, KeyRing, load_key_source, warn_if_open
+from server.protection.content_type import JsonBodyMiddleware
+from server.protection.lifecycle import MODEL_LOAD_EXIT_CODE
+from server.protection.limits import BodyLimitMiddleware
+from server.observe.access_log import RequestContextMiddleware
+from server.protection.security import ApiKeyMiddleware, KeyRing, load_key_source, warn_if_open
 from schemas import ChatCompletionRequest, CompletionRequest
 from schemas.adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest

@@ -17,7 +17,7 @@ from types import FrameType
 
 from pydantic import ValidationError
 
-from server.security import load_keyring, require_keys_or_consent
+from server.protection.security import load_keyring, require_keys_or_consent
 from server.settings import Settings, describe_error, load_settings
 
 
@@ -47,8 +47,8 @@ def serve(settings: Settings) -> None:
 
     from engine.processes import single_threaded_torch
     from server.app import create_app
-    from server.connections import guarded_protocol
-    from server.observability import configure_logging
+    from server.protection.connections import guarded_protocol
+    from server.observe.access_log import configure_logging
     from server.state import state_of
 
     single_threaded_torch()  # before the tiny model's build: keeps forking the engine's processes safe
@@ -67,9 +67,9 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=False,  # server.observability writes one JSON line per request instead
+        access_log=False,  # server.observe.access_log writes one JSON line per request instead
         loop="uvloop",
-        # httptools, with a header timeout and a connection cap (server/connections.py).
+        # httptools, with a header timeout and a connection cap (server/protection/connections.py).
         http=guarded_protocol(protection.header_timeout_s, protection.max_connections),
         # X-Forwarded-For names the client (its rate-limit bucket, its log line) only from trusted_proxies;
         # uvicorn's default would trust 127.0.0.1 (and $FORWARDED_ALLOW_IPS).

@@ -108,7 +108,7 @@ class EngineFields(BaseModel):
 @dataclass(frozen=True)
 class EngineSettings:
     """What the engine is started with (server/app.py `engine_options`); the model's location is resolved from
-    `model`, `served_model_name` and `model_cache_dir` (server/model_source.py)."""
+    `model`, `served_model_name` and `model_cache_dir` (server/models/model_source.py)."""
 
     model: str | None
     served_model_name: str | None

@@ -19,9 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from engine.errors import EngineFailure, InvalidGenerationRequest
-from server.validation import InvalidInput
 
 log = logging.getLogger("llamaserve.errors")
+
 
 _TYPES = {
     400: "invalid_request_error",
@@ -65,8 +65,35 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_par
     return APIError(400, message, param=param, code=code)
 
 
+# --- the gate's typed refusals: API errors (400) of their own types, so that a rule can be matched by its kind
+
+
+class InvalidInput(APIError):
+    """A request the gate (server/pipeline/validation.py, tools included) refuses: the caller's fault, naming the
+    parameter at fault."""
+
+    default_code = "invalid_parameter"
+
+    def __init__(self, message: str, param: str | None, code: str | None = None):
+        super().__init__(400, message, param=param, code=code or self.default_code)
+
+
+class InvalidParameter(InvalidInput):
+    """A value, or a combination of values, that cannot be served."""
+
+
+class ContextLengthExceeded(InvalidInput):
+    """The prompt, or the prompt plus max_tokens, does not fit in the model's context."""
+
+    default_code = "context_length_exceeded"
+
+
+class LimitExceeded(InvalidInput):
+    """More work than the server's limits allow in one request; `code` says which limit."""
+
+
 def from_invalid_input(exc: InvalidInput) -> APIError:
-    """The gate's refusals (server/validation.py)."""
+    """A gate's refusal as a plain API error: the same response."""
     return bad_request(exc.message, exc.param, exc.code)
 
 
@@ -152,10 +179,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> Response:
         return error_response(exc)
-
-    @app.exception_handler(InvalidInput)
-    async def _invalid_input(_: Request, exc: InvalidInput) -> Response:
-        return error_response(from_invalid_input(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:

@@ -34,6 +34,7 @@ from pydantic_settings import (
 from typing_extensions import Annotated
 
 from engine.guard_format import resolve_codes
+from engine.tool_format import TOOL_CALL_FORMATS
 from server import adapter_settings
 from server.engine_settings import EngineFields, EngineSettings
 
@@ -81,7 +82,7 @@ class Settings(EngineFields, BaseSettings):
     grammar_timeout_s: float = Field(
         10.0, gt=0, description="longest a response_format or forced tool call grammar may take to build (else 400)"
     )
-    tool_call_format: Literal["auto", "llama3_json", "pythonic", "llama4_pythonic"] = Field(
+    tool_call_format: Literal[("auto", *TOOL_CALL_FORMATS)] = Field(
         "auto", description="how the model writes tool calls; auto: read from its config and chat template"
     )
 
@@ -147,7 +148,7 @@ class Settings(EngineFields, BaseSettings):
 
 
     # --- LoRA adapters (fine-tunes of the base model); LoRA is on in the engine only if one is configured or
-    # runtime loading is allowed, since it costs engine set-up (and torch.compile on CPU). See server/adapters.py.
+    # runtime loading is allowed, since it costs engine set-up (and torch.compile on CPU). See server/models/adapters.py.
     lora_adapters: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="adapters served from the start, NAME=PATH (repeat --lora, or comma-separate); PATH: a PEFT "
@@ -168,7 +169,7 @@ class Settings(EngineFields, BaseSettings):
     @field_validator("api_keys", "admin_api_keys", "guard_block_categories", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
-        """Blank entries are dropped; whether any key is left is checked at start (server/security.py)."""
+        """Blank entries are dropped; whether any key is left is checked at start (server/protection/security.py)."""
         if isinstance(value, str):
             value = value.split(",")
         if isinstance(value, list):
@@ -280,16 +281,16 @@ class ApiLimits:
 
 @dataclass(frozen=True)
 class Protection:
-    """What keeps one client, or too many, from taking the server down (the keys themselves: server/security.py)."""
+    """What keeps one client, or too many, from taking the server down (the keys themselves: server/protection/security.py)."""
 
-    # connections (server/connections.py, uvicorn)
+    # connections (server/protection/connections.py, uvicorn)
     header_timeout_s: float
     max_connections: int
     trusted_proxies: tuple[str, ...]
-    # bodies (server/limits.py BodyLimitMiddleware)
+    # bodies (server/protection/limits.py BodyLimitMiddleware)
     max_request_bytes: int
     body_timeout_s: float
-    # rates, admission and deadlines (server/limits.py Limits)
+    # rates, admission and deadlines (server/protection/limits.py Limits)
     rate_limit_rpm: int
     rate_limit_tpm: int
     rate_limit_default_reserve_tokens: int
@@ -297,9 +298,9 @@ class Protection:
     max_queued_requests: int
     request_timeout_s: float
     stalled_send_grace_s: float
-    # the drain (server/lifecycle.py, server/sse.py)
+    # the drain (server/protection/lifecycle.py, server/sse.py)
     shutdown_grace_s: float
-    # whether /metrics needs a key (server/security.py)
+    # whether /metrics needs a key (server/protection/security.py)
     metrics_require_key: bool
 
 

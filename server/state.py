@@ -9,9 +9,9 @@ from fastapi import FastAPI, Request
 
 from engine.core import LlamaEngine
 from server.errors import APIError
-from server.lifecycle import Lifecycle
-from server.limits import Limits
-from server.metrics import Metrics
+from server.protection.lifecycle import Lifecycle
+from server.protection.limits import Limits
+from server.observe.metrics import Metrics
 from server.safety.moderation import Moderator
 from server.settings import Settings
 

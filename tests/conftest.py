@@ -157,7 +157,7 @@ class ServerProcess:
     def __init__(self, args: list[str] | None = None, env: dict[str, str] | None = None,
                  command: list[str] | None = None, allow_unauthenticated: bool = True):
         self.port = free_port()
-        # Servers without keys must say so; with keys the flag changes nothing (server/security.py).
+        # Servers without keys must say so; with keys the flag changes nothing (server/protection/security.py).
         consent = ["--allow-unauthenticated"] if allow_unauthenticated else []
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="llamaserve-test-", suffix=".log")[1])

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from engine.request import GenerationInput
 from schemas import GenerationRequest
 from server.settings import Settings
-from server.validation import InvalidParameter, ModelFacts
+from server.errors import InvalidParameter
+from server.pipeline.validation import ModelFacts
 
 
 def vocabulary_check(size: int):
@@ -24,6 +25,6 @@ def model_facts(context_length: int = 10**6, vocab_size: int = 1000, is_chat: bo
 
 
 def engine_input(req: GenerationRequest, prompts: list[list[int]], settings: Settings | None = None) -> GenerationInput:
-    from server.validation import validate
+    from server.pipeline.validation import validate
 
     return validate(req, settings or Settings(), model_facts(), prompts)

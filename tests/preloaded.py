@@ -31,6 +31,8 @@ import time
 import traceback
 from pathlib import Path
 
+from bench.processes import die_with_parent
+
 # Everything a server imports before it is ready, as far as a fork can share it: the API process's imports and
 # those of the engine's processes, which are forked from it.
 PRELOAD = (
@@ -39,7 +41,6 @@ PRELOAD = (
     "vllm.v1.worker.cpu_worker", "vllm.v1.worker.cpu_model_runner", "vllm.model_executor.models.llama",
 )
 ENTRY = "server.cli:main"  # what a fork runs, given the order's argv
-_PR_SET_PDEATHSIG = 1
 
 
 def own_process_group() -> None:
@@ -49,13 +50,6 @@ def own_process_group() -> None:
     session of its own, the test run's processes then got no CPU for up to 40 s at a time (a 5 ms loop in the test
     process took 27-41 s in 3 runs of 4 here; with autogroups off, 27 ms at worst)."""
     os.setpgid(0, 0)
-
-
-def die_with_parent() -> None:
-    """SIGKILL for this process when the thread that started it ends (Linux), even by SIGKILL or os._exit."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # --- the helper process ------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Admin routes that load and unload LoRA adapters at run time, under vLLM's names so its clients carry over.
 
-They exist only with `allow_runtime_lora` (else 404) and open only to `admin_api_keys` (server/adapters.py).
+They exist only with `allow_runtime_lora` (else 404) and open only to `admin_api_keys` (server/models/adapters.py).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from starlette.responses import JSONResponse
 from engine.adapters import AdapterExists, AdapterNotFound, InvalidAdapter
 from engine.errors import EngineUnavailable
 from schemas.adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
-from server import adapters
+from server.models import adapters
 from server.adapter_settings import check_name
 from server.errors import bad_request
-from server.exchange import exchange_of
-from server.parse import parse_body
+from server.observe.exchange import exchange_of
+from server.pipeline.parse import parse_body
 from server.routes.docs import body_doc
 from server.state import state_of
 

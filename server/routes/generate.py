@@ -1,11 +1,11 @@
 """The four completion routes: Azure's /chat/completions and /completions, OpenAI's and Llama's /v1/ twins.
 
 A generation request's lifetime is put together here, in `_serve`: parsed, admitted (the rate limits and a slot,
-before its prompt is tokenised; see server/limits.py `Gate`) and prepared (server/generation.py), traced (metrics
-and the access log's token counts, at the exchange's end), checked by the guard if one is on, and answered within
-its deadline. The slot is freed at the exchange's end, the outermost middleware's (server/observability.py), after
-the response's last byte; the tokens are settled then too, or before a full response starts, so that its
-x-ratelimit-* headers show them.
+before its prompt is tokenised; see server/protection/limits.py `RequestAdmission`) and prepared
+(server/pipeline/generation.py), measured (metrics and the access log's token counts, at the exchange's end),
+checked by the guard if one is on, and answered within its deadline. The slot is freed at the exchange's end, the
+outermost middleware's (server/observe/access_log.py), after the response's last byte; the tokens are settled
+then too, or before a full response starts, so that its x-ratelimit-* headers show them.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from starlette.responses import Response
 from engine.core import LlamaEngine
 from engine.errors import EngineError
 from schemas import ChatCompletionRequest, CompletionRequest
-from server import adapters, generation, parse, respond, sse
+from server import sse
 from server.errors import engine_error
-from server.exchange import Exchange, exchange_of
-from server.limits import identity_of
+from server.observe.exchange import Exchange, exchange_of
+from server.pipeline import generation, parse, respond
+from server.protection.limits import identity_of
 from server.routes.docs import body_doc
 from server.safety.requesters import Requester
 from server.state import ServerState, state_of
@@ -34,39 +35,39 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
     req = parse.parse_request(await request.body(), model, request.headers.get("extra-parameters"), state.settings)
     engine = state.ready_engine()
     exchange = exchange_of(request)
-    adapters.check_access(state.settings, exchange.key_id, req.model, engine)
-    gate = state.limits.gate(exchange)  # admits within `prepare`, before the prompt is tokenised
+    admission = state.limits.admission_for(exchange)  # admits within `prepare`, before the prompt is tokenised
     try:
-        job = await prepare(req, engine, state.settings, gate)
-        ticket = gate.ticket
-        assert ticket is not None
-        _trace(state, exchange, job, engine)
+        job = await prepare(req, engine, state.settings, admission, exchange.key_id)
+        deadline = admission.deadline
+        assert deadline is not None
+        _observe(state, exchange, job, engine)
         if state.moderator is not None:
             requester = Requester(identity_of(exchange), lambda tokens: state.limits.charge_tokens(exchange, tokens))
-            job.moderation = state.moderator.for_request(job.request, job.prompts, job.total_choices, engine,
-                                                         exchange.key_id, requester)
-        # A streamed reply's frames pass through the ticket, which ends the event stream at the deadline.
+            job.moderation = state.moderator.for_request(job.prompts, job.total_choices, engine, exchange.key_id,
+                                                         requester, chat=job.template_messages,
+                                                         tools=job.declared_tools)
+        # A streamed reply's frames pass through its deadline, which ends the event stream when it passes.
         options = sse.event_stream_options(state.settings.protection.shutdown_grace_s)
-        reply = await ticket.within(respond.respond(job, engine, request, ticket.stream, **options))
+        reply = await deadline.within(respond.respond(job, engine, request, deadline.stream, **options))
     except BaseException as exc:
-        gate.settle()  # the request is over before its response starts: its headers show the settled state
+        admission.settle()  # the request is over before its response starts: its headers show the settled state
         if isinstance(exc, EngineError):
             raise engine_error(exc) from exc
         raise
-    if not job.request.stream:
-        gate.settle()
+    if not job.stream:
+        admission.settle()
     return reply
 
 
-def _trace(state: ServerState, exchange: Exchange, job: generation.Job, engine: LlamaEngine) -> None:
+def _observe(state: ServerState, exchange: Exchange, job: generation.Job, engine: LlamaEngine) -> None:
     """The access log's request fields now; the token counts as the reply goes, into the metrics at the end."""
     keep_text = state.settings.log_prompts
     exchange.prompt_tokens = sum(len(p) for p in job.prompts)
     exchange.model = job.model_name or engine.info.name
     if keep_text:
         exchange.prompt = [engine.decode(p) for p in job.prompts]
-    job.trace = state.metrics.trace(exchange, keep_text, adapter=job.model_name)
-    exchange.on_end(job.trace.finish)
+    job.metrics = state.metrics.for_request(exchange, keep_text, adapter=job.model_name)
+    exchange.on_end(job.metrics.finish)
 
 
 @router.post("/chat/completions", openapi_extra=body_doc(ChatCompletionRequest))

@@ -7,9 +7,9 @@ import time
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from server import adapters
-from server.exchange import exchange_of
-from server.security import is_admin
+from server.models import adapters
+from server.observe.exchange import exchange_of
+from server.protection.security import is_admin
 from server.state import state_of
 
 router = APIRouter(tags=["meta"])

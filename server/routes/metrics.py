@@ -1,4 +1,4 @@
-"""GET /metrics: the app's registry (server/metrics.py) and prometheus_client's global one, where vLLM's are."""
+"""GET /metrics: the app's registry (server/observe/metrics.py) and prometheus_client's global one, where vLLM's are."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from fastapi import APIRouter, Request
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
-from server import adapters
-from server.exchange import exchange_of
-from server.security import is_admin
+from server.models import adapters
+from server.observe.exchange import exchange_of
+from server.protection.security import is_admin
 from server.state import state_of
 
 router = APIRouter(tags=["meta"])

@@ -1,6 +1,6 @@
 """The browser playground: one page and its two assets, served from server/static.
 
-The page and its assets are open (server/security.py); the API calls the page makes carry the key typed into it.
+The page and its assets are open (server/protection/security.py); the API calls the page makes carry the key typed into it.
 `playground: false` in the settings turns all of it, `/` included, into 404s.
 """
 

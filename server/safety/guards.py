@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 
 from engine.guard_format import GuardFit, GuardReply
-from server.model_source import under_azure_dir
+from server.models.model_source import under_azure_dir
 
 if TYPE_CHECKING:
     from engine.core import EngineOptions

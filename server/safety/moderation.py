@@ -40,15 +40,12 @@ from engine.guard_format import (
     tool_definitions,
 )
 from engine.outputs import ChoiceDelta, Step
-from schemas import ChatCompletionRequest
-from schemas.chat import template_messages
 from server.errors import APIError
 from server.safety.guards import GuardRefused
 from server.safety.requesters import KeySlots, Requester
 
 if TYPE_CHECKING:
     from engine.core import LlamaEngine
-    from schemas import GenerationRequest
     from server.safety.guards import Guard
     from server.settings import Settings
 
@@ -115,15 +112,17 @@ class Moderator:
                 f"at least {model_context + fit.overhead}, or lower max_model_len"
             )
 
-    def for_request(self, req: GenerationRequest, prompts: list[list[int]], total_choices: int, engine: LlamaEngine,
-                    key_id: str | None, requester: Requester) -> Moderation:
-        """The checks of one request (`prompts`: its prompts' token ids, `total_choices` in all). The guard reads
-        what the model reads: a chat with its tools and tool calls; a completion's prompt tokens as text, special
-        tokens left out (one token each for the model, they would be many as spelled-out text, and would crowd
-        the guard's context). `requester` holds the checks' slots and pays for them."""
-        if isinstance(req, ChatCompletionRequest):
-            tools = [tool_definitions([t.model_dump(exclude_none=True) for t in req.tools])] if req.tools else []
-            histories, param = [[*tools, *template_messages(req.messages)]], "messages"
+    def for_request(self, prompts: list[list[int]], total_choices: int, engine: LlamaEngine, key_id: str | None,
+                    requester: Requester, *, chat: list[dict[str, Any]] | None = None,
+                    tools: list[dict[str, Any]] | None = None) -> Moderation:
+        """The checks of one request (`prompts`: its prompts' token ids, `total_choices` in all; `chat`: a chat's
+        messages as its template takes them, `tools` the tools it declares). The guard reads what the model
+        reads: a chat with its tools and tool calls; a completion's prompt tokens as text, special tokens left out
+        (one token each for the model, they would be many as spelled-out text, and would crowd the guard's
+        context). `requester` holds the checks' slots and pays for them."""
+        if chat is not None:
+            declared = [tool_definitions(tools)] if tools else []
+            histories, param = [[*declared, *chat]], "messages"
         else:
             texts = [engine.decode(p, skip_special_tokens=True) for p in prompts]
             histories, param = [[{"role": "user", "content": t}] for t in texts], "prompt"

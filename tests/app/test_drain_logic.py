@@ -1,4 +1,4 @@
-"""The drain's logic in-process (server/lifecycle.py, server/limits.py Admission.close), on a scripted engine whose
+"""The drain's logic in-process (server/protection/lifecycle.py, server/protection/limits.py Admission.close), on a scripted engine whose
 requests never finish by themselves: deterministic whatever the machine's speed.
 
 The real-engine drain (SIGTERM, exit code and time) is in tests/test_reliability.py."""
@@ -14,7 +14,7 @@ import pytest
 from engine.outputs import ChoiceDelta, PromptInfo, Step
 from server.app import create_app
 from server.errors import APIError
-from server.limits import Admission
+from server.protection.limits import Admission
 from server.settings import Settings
 from server.state import state_of
 from tests.probes import sse_events

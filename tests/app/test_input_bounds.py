@@ -12,11 +12,11 @@ import pytest
 
 from engine.errors import EngineFailure, EngineUnavailable
 from schemas import CompletionRequest
-from server.deadlines import Ticket
+from server.protection.deadlines import Deadline
 from server.errors import APIError
-from server.exchange import Exchange
-from server.generation import prepare_completion
-from server.limits import Admission, Limits
+from server.observe.exchange import Exchange
+from server.pipeline.generation import prepare_completion
+from server.protection.limits import Admission, Limits
 from tests.probes import metric
 from tests.scripted_engine import InProcess, ScriptedEngine, settings
 
@@ -91,7 +91,7 @@ def test_the_token_reservation_counts_every_prompt_and_candidate():
     exchange = Exchange("rid", "POST", "/v1/completions", "127.0.0.1")
 
     async def main() -> None:
-        await prepare_completion(req, ScriptedEngine(), cfg, Limits(cfg).gate(exchange))
+        await prepare_completion(req, ScriptedEngine(), cfg, Limits(cfg).admission_for(exchange))
 
     run(main())
     reserved = 120 - int(dict(exchange.response_headers)[b"x-ratelimit-remaining-tokens"])
@@ -208,11 +208,11 @@ def test_a_waiter_that_times_out_as_its_slot_is_released_gets_a_clean_504():
         admission = Admission(limit=1, queue_limit=4)
         await admission.acquire()  # the one slot is taken
         loop = asyncio.get_running_loop()
-        ticket = Ticket(loop.time() + 60, 60, 5.0)
-        waiter = asyncio.create_task(ticket.within(admission.acquire()))
+        deadline = Deadline(loop.time() + 60, 60, 5.0)
+        waiter = asyncio.create_task(deadline.within(admission.acquire()))
         await asyncio.sleep(0)
         fut = admission._waiters[0]
-        ticket.expire("timeout")  # the deadline passes: its timer cancels the waiter on the next loop pass
+        deadline.expire("timeout")  # the deadline passes: its timer cancels the waiter on the next loop pass
         for _ in range(100):
             if fut.cancelled():
                 break

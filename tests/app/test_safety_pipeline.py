@@ -10,7 +10,7 @@ import httpx
 
 from server.app import start_configured_guard
 from server.safety.guards import RemoteGuard
-from server.security import key_id
+from server.protection.security import key_id
 from tests.conftest import free_port
 from tests.probes import metric
 from tests.safety_doubles import ScriptedGuard, running, settings, sse_events

@@ -10,7 +10,7 @@ from collections import OrderedDict
 import pytest
 
 from engine.grammar import strict_json_grammar
-from server import structured
+from server.pipeline import structured
 from tests.scripted_engine import InProcess, ScriptedEngine, settings
 
 MSG = [{"role": "user", "content": "hi"}]

@@ -10,7 +10,7 @@ import asyncio
 import httpx
 
 from server.app import _load, create_app
-from server.lifecycle import MODEL_LOAD_EXIT_CODE
+from server.protection.lifecycle import MODEL_LOAD_EXIT_CODE
 from server.state import ServerState
 from tests.scripted_engine import InProcess, ScriptedEngine, settings
 

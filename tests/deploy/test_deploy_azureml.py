@@ -12,8 +12,8 @@ import yaml
 from fastapi.routing import APIRoute
 
 from server.errors import APIError
-from server.limits import Limits
-from server.rates import RateLimiter
+from server.protection.limits import Limits
+from server.protection.rates import RateLimiter
 from server.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,7 +173,7 @@ GUARD_DEPLOYMENT = AZURE / "with-guard" / "llama-3.1-8b-instruct-guard-3-1b.yml"
 ], ids=["flat", "folder", "name-version-folder"])
 def test_guard_deployment_finds_both_models_wherever_azure_mounts_them(layout, tmp_path, clean_env):
     from server.app import engine_options  # imports vLLM: only this test pays for it
-    from server.model_source import resolve
+    from server.models.model_source import resolve
     from server.safety.guards import local_guard_options
 
     env = yaml.safe_load(GUARD_DEPLOYMENT.read_text())["environment_variables"]
@@ -192,7 +192,7 @@ def test_guard_deployment_finds_both_models_wherever_azure_mounts_them(layout, t
 
 
 def test_relative_model_names_fall_back_to_what_was_given(tmp_path, clean_env):
-    from server.model_source import under_azure_dir
+    from server.models.model_source import under_azure_dir
 
     (tmp_path / "models" / "Other").mkdir(parents=True)
     (tmp_path / "models" / "Other" / "config.json").write_text("{}")

@@ -19,7 +19,7 @@ from vllm.sampling_params import RequestOutputKind, SamplingParams
 from engine.beam_search import beam_search
 from engine.beam_steps import EngineSteps
 from engine.core import EngineOptions, LlamaEngine
-from server.model_source import TINY_MODEL_ENGINE_DEFAULTS
+from server.models.model_source import TINY_MODEL_ENGINE_DEFAULTS
 
 pytestmark = pytest.mark.engine
 

@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from server.connections import LINGER_S
+from server.protection.connections import LINGER_S
 from tests.conftest import ServerProcess
 from tests.launches import WITH_THE_SHARED_SERVER, planned, take
 from tests.probes import access_lines, metric, wait_until

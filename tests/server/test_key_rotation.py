@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from server.security import KEY_FILE_CHECK_INTERVAL_S
+from server.protection.security import KEY_FILE_CHECK_INTERVAL_S
 from tests.conftest import ServerProcess
 from tests.unit.test_key_rotation import NEW_KEY, OLD_KEY, ROTATION_MARGIN_S, mount_secret
 

@@ -12,8 +12,8 @@ import openai
 import pytest
 
 from engine.adapters import module_dims
-from engine.tiny_lora import ensure_tiny_lora, write_adapter
-from server.security import key_id
+from tests.tiny_lora import ensure_tiny_lora, write_adapter
+from server.protection.security import key_id
 from tests.conftest import CACHE_DIR, ServerProcess
 from tests.launches import LIMITS_TO_MODEL_MODES, planned, take
 from tests.probes import access_lines, metric, wait_until

@@ -1,4 +1,4 @@
-"""Content safety on real servers: the tiny fixed-verdict Llama Guard checkpoints (engine/tiny_guard.py) through
+"""Content safety on real servers: the tiny fixed-verdict Llama Guard checkpoints (tests/tiny_guard.py) through
 the real vLLM loader and Llama Guard 3's chat template, as a local guard (a second engine in the server's
 process) and as a remote guard (a llamaserve serving the guard model), with real clients."""
 
@@ -16,7 +16,7 @@ from azure.ai.inference.models import UserMessage
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 
-from server.security import key_id
+from server.protection.security import key_id
 from tests.conftest import CACHE_DIR, ServerProcess
 from tests.probes import metric
 
@@ -35,7 +35,7 @@ MODEL_LOAD_EXIT_CODE = 78
 
 @pytest.fixture(scope="module")
 def unsafe_guard() -> Path:
-    from engine.tiny_guard import ensure_tiny_guard
+    from tests.tiny_guard import ensure_tiny_guard
 
     return ensure_tiny_guard(CACHE_DIR, "unsafe\nS1")
 
@@ -92,7 +92,7 @@ def remote_server(remote_pair):
 def test_safe_guard_checkpoint_answers_safe_through_the_real_loader(tiny_model):
     from engine.guard import GuardEngine
     from engine.guard_format import conversation, parse_verdict
-    from engine.tiny_guard import ensure_tiny_guard
+    from tests.tiny_guard import ensure_tiny_guard
     from server.app import engine_options
     from server.safety.guards import local_guard_options
     from server.settings import Settings
@@ -156,9 +156,9 @@ def test_key_whose_policy_blocks_nothing_is_served(local_server):
 def test_a_prompt_of_special_token_ids_is_judged_not_passed(local_server):
     """900 reserved special tokens: 900 tokens for the model, ~20,000 spelled out as text, more than the guard's
     4,096. The guard reads the prompt as the model does, without them, and judges it."""
-    from engine.tiny_model import _build_tokenizer
+    from engine.tiny_model import build_tokenizer
 
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     reserved = [tokenizer.convert_tokens_to_ids(f"<|reserved_special_token_{i}|>") for i in range(3)]
     client = openai.OpenAI(base_url=local_server.base_url + "/v1", api_key=STRICT, max_retries=0)
     with pytest.raises(openai.BadRequestError) as caught:

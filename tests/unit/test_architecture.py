@@ -1,4 +1,5 @@
-"""The layering the code promises: only engine/ imports vLLM; schemas/ is pure pydantic."""
+"""The layering the code promises: only engine/ imports vLLM; schemas/ is pure pydantic; server/'s wings import only
+the wings below them (docs/ARCHITECTURE.md); the product imports nothing from tests/."""
 
 from __future__ import annotations
 
@@ -151,3 +152,48 @@ def test_engine_owns_its_input():
     """The engine reads its own input type (engine/request.py), never the API's models nor the server's."""
     for f, names in imported_modules("engine").items():
         assert not names & {"schemas", "server"}, f
+
+
+# The wings of server/ (docs/ARCHITECTURE.md) and which others each may import: a wing leans only on those below it.
+# The foundation (errors, settings, the event-stream framing) imports no wing; the routes and the app's assembly
+# (app, cli, state) may import every wing, and no wing imports them.
+FOUNDATION = {"server.errors", "server.settings", "server.engine_settings", "server.adapter_settings", "server.sse"}
+ASSEMBLY = {"server.app", "server.cli", "server.state", "server.routes"}
+WINGS_MAY_IMPORT = {
+    "server.observe": set(),
+    "server.protection": {"server.observe"},
+    "server.models": {"server.observe", "server.protection"},
+    "server.safety": {"server.models"},
+    "server.pipeline": {"server.observe", "server.protection", "server.models", "server.safety"},
+}
+
+
+def part_of(module: str) -> str:
+    """The wing, `server` for the foundation, or the assembly part a server module belongs to."""
+    if module in FOUNDATION or module == "server":
+        return "server"
+    wing = ".".join(module.split(".")[:2])
+    assert wing in WINGS_MAY_IMPORT or wing in ASSEMBLY, f"{module} is in no wing: add it to one"
+    return wing
+
+
+def test_each_server_module_lives_in_a_wing_or_the_foundation():
+    for module in import_graph("server"):
+        part_of(module)
+
+
+def test_server_wings_import_only_the_wings_below_them():
+    offenders = []
+    for module, imports in import_graph("server").items():
+        part = part_of(module)
+        if part in ASSEMBLY:
+            continue
+        allowed = {"server", part} | WINGS_MAY_IMPORT.get(part, set())
+        offenders += [f"{module} -> {target}" for target in sorted(imports) if part_of(target) not in allowed]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_product_imports_nothing_from_the_tests():
+    for package in ("server", "engine", "schemas", "bench"):
+        offenders = [f for f, names in imported_modules(package).items() if "tests" in names]
+        assert not offenders, offenders

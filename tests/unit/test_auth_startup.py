@@ -7,7 +7,7 @@ import pytest
 
 from server import cli
 from server.app import create_app
-from server.security import AuthSettingsError
+from server.protection.security import AuthSettingsError
 from server.settings import Settings, key_file_lines
 
 SECRET = "s3cret-value-0123456789abcdef"

@@ -1,5 +1,5 @@
 """Llama Guard 3's prompt, verdicts and categories (engine/guard_format.py), and the tiny fixed-verdict guards'
-token chains (engine/tiny_guard.py). Pure: no engine."""
+token chains (tests/tiny_guard.py). Pure: no engine."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jinja2
 import pytest
 
 from engine import guard_format as g
-from engine.tiny_guard import guard_tokenizer, verdict_chain
+from tests.tiny_guard import guard_tokenizer, verdict_chain
 
 
 @pytest.mark.parametrize(

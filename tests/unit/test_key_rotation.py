@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from server import security
-from server.security import KeySource
+from server.protection import security
+from server.protection.security import KeySource
 
 OLD_KEY = "old-key-0123456789abcdefghijklmnop"
 NEW_KEY = "new-key-0123456789abcdefghijklmnop"

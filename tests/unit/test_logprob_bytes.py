@@ -6,7 +6,7 @@ import pytest
 
 from engine.outputs import TokenLogprob
 from engine.token_bytes import TokenBytes
-from server.render import CompletionFlavor, legacy_alternatives, legacy_token_name
+from server.pipeline.render import CompletionFlavor, legacy_alternatives, legacy_token_name
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ import pytest
 from pydantic import ValidationError
 
 from engine.adapters import AdapterNotFound, BaseLayers, InvalidAdapter, inspect_adapter, module_dims
-from engine.tiny_lora import ensure_tiny_lora, tensor_name, write_adapter
-from server import adapters as server_adapters
+from tests.tiny_lora import ensure_tiny_lora, tensor_name, write_adapter
+from server.models import adapters as server_adapters
 from server import cli
 from server.adapter_settings import lora_enabled
 from server.app import engine_options
-from server.security import key_id
+from server.protection.security import key_id
 from server.settings import Settings, load_settings
 
 
@@ -209,7 +209,7 @@ class _RefusingEngine:
 
 def test_an_adapter_named_at_start_that_does_not_load_fails_the_start(clean_env, tmp_path):
     from server.app import _load
-    from server.lifecycle import MODEL_LOAD_EXIT_CODE
+    from server.protection.lifecycle import MODEL_LOAD_EXIT_CODE
     from server.state import ServerState
 
     engine = _RefusingEngine()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine import smollm2_model
-from server import model_source
+from server.models import model_source
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

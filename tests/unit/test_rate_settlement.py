@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from server.errors import APIError
-from server.exchange import Exchange
-from server.limits import Gate, Limits
+from server.observe.exchange import Exchange
+from server.protection.limits import Limits, RequestAdmission
 from server.settings import Settings, load_settings
 
 TPM = 5000
@@ -34,11 +34,11 @@ def _remaining(ex: Exchange) -> int:
 
 
 async def _admit(limits: Limits, prompt: int, max_tokens: int | None, n: int = 1, key: str = "key-a",
-                 chars: int = 0) -> tuple[Gate, Exchange]:
+                 chars: int = 0) -> tuple[RequestAdmission, Exchange]:
     """A request admitted as the routes admit one: `prompt` token ids (or `chars` of text, counted as `prompt`
     tokens once admitted), up to `max_tokens` (None: not given) for each of `n` sequences."""
     ex = _exchange(key)
-    gate = limits.gate(ex)
+    gate = limits.admission_for(ex)
     await gate.admit_prompts(chars, 0 if chars else prompt, max_tokens, n)
     gate.count_prompts(prompt)
     return gate, ex
@@ -63,10 +63,10 @@ def limits() -> Limits:
 @pytest.fixture
 def clock(monkeypatch) -> list[float]:
     """The buckets' clock, moved by hand: now[0] seconds."""
-    import server.rates
+    import server.protection.rates
 
     now = [1000.0]
-    monkeypatch.setattr(server.rates.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(server.protection.rates.time, "monotonic", lambda: now[0])
     return now
 
 
@@ -128,7 +128,7 @@ def test_a_reservation_over_the_bucket_is_capped_and_the_real_use_charged(limits
 def test_an_estimate_is_replaced_by_the_exact_count_once_the_prompt_is_tokenised(limits, clock):
     async def main() -> tuple[int, int, int]:
         ex = _exchange()
-        gate = limits.gate(ex)
+        gate = limits.admission_for(ex)
         await gate.admit_prompts(400, 0, 100, 1)  # 400 characters: an estimate of 100 tokens
         estimated = _remaining(ex)
         gate.count_prompts(130)
@@ -143,7 +143,7 @@ def test_an_estimate_is_replaced_by_the_exact_count_once_the_prompt_is_tokenised
 def test_prompts_counted_larger_than_the_bucket_are_refused_and_charged(limits, clock):
     async def main() -> None:
         ex = _exchange()
-        gate = limits.gate(ex)
+        gate = limits.admission_for(ex)
         await gate.admit_prompts(4 * 1000, 0, 1, 1)  # estimated at 1000 tokens: admitted
         with pytest.raises(APIError) as info:
             gate.count_prompts(TPM + 1)

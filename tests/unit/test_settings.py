@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from server import cli, model_source
+from server import cli
+
+from server.models import model_source
 from server.settings import Settings, load_settings
 
 

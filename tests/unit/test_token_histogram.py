@@ -1,4 +1,4 @@
-"""server.metrics.TokenHistogram renders what prometheus_client's own Histogram renders for the same values."""
+"""server.observe.metrics.TokenHistogram renders what prometheus_client's own Histogram renders for the same values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from server.metrics import TokenHistogram
+from server.observe.metrics import TokenHistogram
 
 BUCKETS = (0.001, 0.01, 0.1, 1, 10)
 

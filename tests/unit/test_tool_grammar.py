@@ -7,7 +7,7 @@ from xgrammar.testing import _is_grammar_accept_string as accepts
 
 from engine.errors import InvalidGenerationRequest
 from engine.grammar import json_object_grammar, strict_json_grammar
-from server.tools.schema import call_schema
+from server.pipeline.tools.schema import call_schema
 from schemas.tools import Tool
 
 WEATHER = Tool.model_validate({"type": "function", "function": {"name": "get_weather", "parameters": {

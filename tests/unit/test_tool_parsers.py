@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.tools.parsers import (
+from server.pipeline.tools.parsers import (
     CallArguments,
     CallParser,
     CallStart,

@@ -11,10 +11,10 @@ import pytest
 from engine.outputs import ChoiceDelta
 from engine.tool_format import detect
 from schemas.chat import ChatCompletionRequest, template_messages
-from server import render
+from server.pipeline import render
 from server.errors import APIError
-from server.tools import plan as tools
-from server.tools.schema import call_schema
+from server.pipeline.tools import plan as tools
+from server.pipeline.tools.schema import call_schema
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
@@ -79,13 +79,13 @@ def test_parallel_tool_calls_false_allows_one_call():
     assert resolve(tools=[WEATHER], parallel_tool_calls=False).max_calls == 1
     parser = resolve(tools=[WEATHER], parallel_tool_calls=False).parser()
     text = '{"name": "get_weather", "parameters": {"city": "A"}}; {"name": "get_weather", "parameters": {"city": "B"}}'
-    from server.tools.parsers import parse
+    from server.pipeline.tools.parsers import parse
 
     assert len(parse(parser, text).calls) == 1
 
 
 def test_format_decides_whether_python_syntax_is_read():
-    from server.tools.parsers import parse
+    from server.pipeline.tools.parsers import parse
 
     text = "[get_weather(city='Oslo')]"
     assert parse(resolve("llama3_json", tools=[WEATHER]).parser(), text).calls == []
@@ -277,13 +277,13 @@ class RecordingEngine:
 def prepare(engine, settings_fields=None, **fields):
     import asyncio
 
-    from server.exchange import Exchange
-    from server.generation import prepare_chat
-    from server.limits import Limits
+    from server.observe.exchange import Exchange
+    from server.pipeline.generation import prepare_chat
+    from server.protection.limits import Limits
     from server.settings import Settings
 
     settings = Settings(**(settings_fields or {}))
-    gate = Limits(settings).gate(Exchange("rid", "POST", "/v1/chat/completions", "127.0.0.1"))
+    gate = Limits(settings).admission_for(Exchange("rid", "POST", "/v1/chat/completions", "127.0.0.1"))
     return asyncio.run(prepare_chat(request(**fields), engine, settings, gate))
 
 
@@ -300,11 +300,11 @@ def test_prepare_gives_the_template_the_tools_and_split_history(clean_env):
     messages, given_tools = engine.calls[-1]
     assert given_tools == [WEATHER]
     assert [len(m.get("tool_calls", ())) for m in messages] == [0, 1, 1]
-    assert job.plan.structured_output is None  # auto: the model is free
+    assert job.engine_input.structured_output is None  # auto: the model is free
     prepare(engine, tools=[WEATHER], tool_choice="none")
     assert engine.calls[-1][1] is None  # none: the model is not shown the tools
     forced = prepare(engine, tools=[WEATHER], tool_choice="required")
-    assert "get_weather" in forced.plan.structured_output.grammar
+    assert "get_weather" in forced.engine_input.structured_output.grammar
 
 
 class ScriptedEngine(RecordingEngine):
@@ -326,7 +326,7 @@ class ScriptedEngine(RecordingEngine):
 def frames(engine, **fields) -> list[dict]:
     import asyncio
 
-    from server.respond import _frames
+    from server.pipeline.respond import _frames
 
     job = prepare(engine, stream=True, **fields)
 

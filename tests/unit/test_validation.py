@@ -1,4 +1,4 @@
-"""The gate (server/validation.py) called directly: requests built from the schemas, no engine, no server."""
+"""The gate (server/pipeline/validation.py) called directly: requests built from the schemas, no engine, no server."""
 
 from __future__ import annotations
 
@@ -8,16 +8,8 @@ import pytest
 
 from engine.request import BeamParameters, Mode, StructuredOutput
 from schemas import ChatCompletionRequest, CompletionRequest
-from server.errors import from_invalid_input
-from server.validation import (
-    API_DEFAULTS,
-    ContextLengthExceeded,
-    InvalidInput,
-    InvalidParameter,
-    LimitExceeded,
-    check_prompt_chars,
-    validate,
-)
+from server.errors import ContextLengthExceeded, InvalidInput, InvalidParameter, LimitExceeded, from_invalid_input
+from server.pipeline.validation import API_DEFAULTS, check_prompt_chars, validate
 from tests.engine_inputs import model_facts
 
 MSG = [{"role": "user", "content": "hi"}]

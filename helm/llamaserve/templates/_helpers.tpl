@@ -114,7 +114,7 @@ llamaserve.io/role: server
 - name: LLAMASERVE_API_KEY_FILE
   value: {{ include "llamaserve.apiKeyFile" . | quote }}
 {{- else if $server }}
-# Without keys the server starts only when told to (server/security.py); workers serve no HTTP.
+# Without keys the server starts only when told to (server/protection/security.py); workers serve no HTTP.
 - name: LLAMASERVE_ALLOW_UNAUTHENTICATED
   value: "true"
 {{- end }}

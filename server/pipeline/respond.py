@@ -16,23 +16,24 @@ from starlette.responses import Response
 from engine.core import LlamaEngine
 from engine.errors import EngineError
 from engine.outputs import ChoiceDelta, Step
-from server import render, sse
+from server import sse
+from server.pipeline import render
 from server.errors import APIError, engine_error, error_body
-from server.job import Job
+from server.pipeline.job import Job
 from server.safety.moderation import annotate
 
 
 
 async def respond(job: Job, engine: LlamaEngine, http_request: Request,
-                  guard_frames: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None,
+                  deadline_frames: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None,
                   **sse_options: Any) -> Response:
     """An event stream when the client asked for one (`stream: true`), else one JSON body.
-    `guard_frames` wraps the event stream's frames (deadlines); `sse_options` go to the event stream."""
+    `deadline_frames` wraps the event stream's frames (deadlines); `sse_options` go to the event stream."""
     if job.moderation is not None:
         await job.moderation.check_prompt()
-    if job.request.stream:
+    if job.stream:
         frames = _frames(job, engine)
-        return sse.event_stream(guard_frames(frames) if guard_frames else frames, **sse_options)
+        return sse.event_stream(deadline_frames(frames) if deadline_frames else frames, **sse_options)
     body = await _until_disconnected(http_request, _full(job, engine))
     return Response(orjson.dumps(body), media_type="application/json")
 
@@ -40,15 +41,16 @@ async def respond(job: Job, engine: LlamaEngine, http_request: Request,
 async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
     try:
         async with asyncio.TaskGroup() as group:  # one failure cancels the other prompts' requests
-            tasks = [group.create_task(engine.complete(p, job.plan, f"{job.request_id}-{i}")) for i, p in enumerate(job.prompts)]
+            tasks = [group.create_task(engine.complete(p, job.engine_input, f"{job.request_id}-{i}"))
+                     for i, p in enumerate(job.prompts)]
     except BaseExceptionGroup as failed:
         raise failed.exceptions[0] from None
     steps = [t.result() for t in tasks]
     if job.moderation is not None:
         await job.moderation.full(steps)
-    if job.trace is not None:
-        job.trace.full(steps)
-    n = job.plan.n
+    if job.metrics is not None:
+        job.metrics.full(steps)
+    n = job.engine_input.n
     choices = []
     for p_idx, step in enumerate(steps):
         for c in step.choices:
@@ -57,7 +59,7 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
                 index=p_idx * n + c.index,
                 text=c.text,
                 finish_reason=c.finish_reason,
-                logprobs=c.logprobs if job.plan.logprobs is not None else None,
+                logprobs=c.logprobs if job.engine_input.logprobs is not None else None,
                 prompt=step.prompt if echo else None,
                 prompt_text=job.echo_texts[p_idx] if echo else "",
             )
@@ -70,7 +72,7 @@ async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
 
 
 async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
-    flavor, n = job.flavor, job.plan.n
+    flavor, n = job.flavor, job.engine_input.n
     created = int(time.time())
     head = flavor.envelope(job.request_id, created, job.model_name or engine.info.name, chunk=True)
     state = render.StreamState()
@@ -81,20 +83,18 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
     completion_tokens = [0] * len(job.prompts)
     cached_tokens = [0] * len(job.prompts)  # the largest a step reported: a guard's closing step reports none
     finished = 0
-    options = job.request.stream_options
-    include_usage = options is None or options.include_usage
-    every_usage = options is not None and options.continuous_usage_stats
+    include_usage, every_usage = job.usage_at_end, job.usage_in_every_chunk
     # The per-token frame of a one-choice stream without logprobs, rendered once: only the text changes.
     text_frame = None
     last = b""
-    if job.total_choices == 1 and job.plan.logprobs is None and not every_usage and flavor.plain_text_deltas:
+    if job.total_choices == 1 and job.engine_input.logprobs is None and not every_usage and flavor.plain_text_deltas:
         probe = flavor.delta_choice(ChoiceDelta(0, sse.SLOT, [], None), render.ChoiceState())
         text_frame = sse.FrameTemplate({**head, "choices": [probe]})
     try:
         steps = _merged(job, engine)
         async for p_idx, step in job.moderation.stream(steps) if job.moderation is not None else steps:
-            if job.trace is not None:
-                job.trace.step(p_idx, step)
+            if job.metrics is not None:
+                job.metrics.step(p_idx, step)
             if text_frame is not None and len(step.choices) == 1:
                 c = step.choices[0]
                 if c.finish_reason is None and c.logprobs is None:
@@ -130,14 +130,14 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
 async def _merged(job: Job, engine: LlamaEngine) -> AsyncIterator[tuple[int, Step]]:
     """The steps of every prompt's engine request, as they come (one prompt: no extra task or queue)."""
     if len(job.prompts) == 1:
-        async for step in engine.stream(job.prompts[0], job.plan, job.request_id):
+        async for step in engine.stream(job.prompts[0], job.engine_input, job.request_id):
             yield 0, step
         return
     queue: asyncio.Queue[tuple[int, Step] | BaseException | None] = asyncio.Queue()
 
     async def pump(i: int, prompt: list[int]) -> None:
         try:
-            async for step in engine.stream(prompt, job.plan, f"{job.request_id}-{i}"):
+            async for step in engine.stream(prompt, job.engine_input, f"{job.request_id}-{i}"):
                 await queue.put((i, step))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
             await queue.put(exc)

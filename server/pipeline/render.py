@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.outputs import ChoiceDelta, PromptInfo, TokenLogprob
-from server.tools.parsers import CallArguments, CallParser, CallStart, Content, ForcedCallParser, parse
+from server.pipeline.tools.parsers import CallArguments, CallParser, CallStart, Content, ForcedCallParser, parse
 
 if TYPE_CHECKING:
-    from server.tools.plan import ToolPlan
+    from server.pipeline.tools.plan import ToolPlan
 
 
 @dataclass(slots=True)

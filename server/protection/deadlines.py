@@ -21,11 +21,11 @@ _EXPIRED = {
 }
 
 
-class Ticket:
-    """One admitted generation request: its deadline, and the way to end it early."""
+class Deadline:
+    """One admitted generation request's deadline, and the way to end the request early."""
 
-    def __init__(self, deadline: float, timeout_s: float, stalled_send_grace_s: float):
-        self.deadline = deadline
+    def __init__(self, at: float, timeout_s: float, stalled_send_grace_s: float):
+        self.at = at  # the event loop's time when it passes
         # How long the stream may sit in one send past its deadline before it is abandoned: a client that stops
         # reading would otherwise hold its slot for as long as it keeps the connection open.
         self._grace_s = stalled_send_grace_s
@@ -42,9 +42,9 @@ class Ticket:
 
     def expire(self, reason: str) -> None:
         self.reason = reason
-        self.deadline = asyncio.get_running_loop().time()
+        self.at = asyncio.get_running_loop().time()
         if self._timeout is not None and not self._timeout.expired():
-            self._timeout.reschedule(self.deadline)
+            self._timeout.reschedule(self.at)
         if self._timer is not None:
             self._timer.cancel()
             self._on_deadline()
@@ -60,9 +60,9 @@ class Ticket:
         return APIError(status, message, code=code, headers=headers)
 
     async def within(self, work: Awaitable[T]) -> T:
-        """Awaits `work` until the deadline; past it, `work` is cancelled and the ticket's error raised."""
+        """Awaits `work` until the deadline; past it, `work` is cancelled and the deadline's error raised."""
         try:
-            async with asyncio.timeout_at(self.deadline) as self._timeout:
+            async with asyncio.timeout_at(self.at) as self._timeout:
                 return await work
         except TimeoutError:
             if self._timeout is not None and self._timeout.expired():
@@ -99,7 +99,7 @@ class Ticket:
         assert task is not None
         cancelling = task.cancelling()
         self._stream_task = task
-        self._timer = asyncio.get_running_loop().call_at(self.deadline, self._on_deadline)
+        self._timer = asyncio.get_running_loop().call_at(self.at, self._on_deadline)
         try:
             while not self._passed:
                 self._waiting = True

@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable
 
 from server.errors import APIError
-from server.limits import Limits
+from server.protection.limits import Limits
 
 log = logging.getLogger("llamaserve.lifecycle")
 

@@ -25,7 +25,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import APIError, error_response
-from server.exchange import exchange_of_scope
+from server.observe.exchange import exchange_of_scope
 from server.settings import key_file_lines
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ log = logging.getLogger("llamaserve.security")
 
 # Probes must work for orchestrators that hold no key; the playground page asks for the key itself.
 OPEN_PATHS = frozenset({"/health", "/ready", "/", "/playground"})
-# Opened only by admin keys, which their routes check (server/adapters.py): API keys must not open them.
+# Opened only by admin keys, which their routes check (server/models/adapters.py): API keys must not open them.
 ADMIN_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 # Read-only routes that take an admin key as well as an API key, and show an admin more: adapters' paths on
 # /v1/models, the series that name adapters on /metrics (with metrics_require_key).

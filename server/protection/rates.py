@@ -1,8 +1,8 @@
 """Rate limits per API key (per client address without keys; see `trusted_proxies`): requests and tokens per
 minute, as token buckets; 429 with Retry-After and OpenAI's x-ratelimit-* headers.
 
-Tokens are reserved when a request is admitted and settled to what it used when it ends (server/limits.py
-`Gate`). A bucket may go below zero: a key that used more than it reserved owes the rest, and its next request
+Tokens are reserved when a request is admitted and settled to what it used when it ends (server/protection/limits.py
+`RequestAdmission`). A bucket may go below zero: a key that used more than it reserved owes the rest, and its next request
 waits until the debt is paid back and its own reservation fits.
 """
 

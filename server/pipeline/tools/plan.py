@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from schemas.chat import ChatCompletionRequest, ChatMessage
 from schemas.tools import NamedToolChoice, Tool
-from server.errors import bad_request
-from server.structured import check_schemas
-from server.tools.parsers import CallParser, ForcedCallParser
-from server.tools.schema import call_schema
-
-ToolCallFormat = Literal["llama3_json", "pythonic", "llama4_pythonic"]
-FORMATS: tuple[str, ...] = ("llama3_json", "pythonic", "llama4_pythonic")
-
+from server.errors import InvalidParameter
+from server.pipeline.structured import check_schemas
+from server.pipeline.tools.parsers import CallParser, ForcedCallParser
+from server.pipeline.tools.schema import call_schema
 
 @dataclass(frozen=True)
 class ToolPlan:
@@ -40,25 +36,25 @@ def resolve(req: ChatCompletionRequest, fmt: str) -> ToolPlan | None:
     names = [t.function.name for t in tools]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
-        raise bad_request(f"tools declares the function {duplicate!r} more than once", "tools")
+        raise InvalidParameter(f"tools declares the function {duplicate!r} more than once", "tools")
     for i, t in enumerate(tools):
         params = t.function.parameters
         if params is not None and params.get("type", "object") != "object":
-            raise bad_request(f"tools[{i}].function.parameters must be a JSON Schema of an object", "tools")
+            raise InvalidParameter(f"tools[{i}].function.parameters must be a JSON Schema of an object", "tools")
     check_schemas([t.function.parameters for t in tools if t.function.parameters is not None], "tools")
     choice = req.tool_choice if req.tool_choice is not None else ("auto" if tools else "none")
     if choice == "required" or isinstance(choice, NamedToolChoice):
         if not tools:
-            raise bad_request("tool_choice requires tools", "tool_choice")
+            raise InvalidParameter("tool_choice requires tools", "tool_choice")
     if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-        raise bad_request(f"tool_choice names the function {choice.function.name!r}, which tools does not declare",
-                          "tool_choice")
+        raise InvalidParameter(f"tool_choice names the function {choice.function.name!r}, which tools does not declare",
+                               "tool_choice")
     if choice == "none" or not tools:
         return None  # OpenAI: none means the model will not call a tool, so it is not shown any
     forced = choice == "required" or isinstance(choice, NamedToolChoice)
     if forced and req.response_format is not None and req.response_format.type != "text":
-        raise bad_request("response_format cannot be combined with tool_choice required or a named function",
-                          "response_format")
+        raise InvalidParameter("response_format cannot be combined with tool_choice required or a named function",
+                               "response_format")
     targets = [t for t in tools if not isinstance(choice, NamedToolChoice) or t.function.name == choice.function.name]
     return ToolPlan(
         names=frozenset(t.function.name for t in targets),
@@ -87,14 +83,14 @@ def check_history(messages: list[ChatMessage]) -> None:
     called: set[str] = set()
     for i, m in enumerate(messages):
         if m.tool_calls is not None and m.role != "assistant":
-            raise bad_request(f"messages[{i}]: only assistant messages carry tool_calls", "messages")
+            raise InvalidParameter(f"messages[{i}]: only assistant messages carry tool_calls", "messages")
         for call in m.tool_calls or ():
             called.add(call.id)
         if m.role == "tool":
             if m.tool_call_id is None:
-                raise bad_request(f"messages[{i}]: a tool message needs the tool_call_id it answers", "messages")
+                raise InvalidParameter(f"messages[{i}]: a tool message needs the tool_call_id it answers", "messages")
             if m.tool_call_id not in called:
-                raise bad_request(
+                raise InvalidParameter(
                     f"messages[{i}]: tool_call_id {m.tool_call_id!r} answers no tool call of an earlier assistant "
                     "message",
                     "messages",

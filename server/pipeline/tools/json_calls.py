@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from schemas.json_depth import MAX_JSON_DEPTH, text_deeper_than
-from server.tools.events import ParsedCall
+from server.pipeline.tools.events import ParsedCall
 
 _DECODER = json.JSONDecoder()
 

@@ -21,7 +21,7 @@ from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from engine.outputs import Step
-    from server.exchange import Exchange
+    from server.observe.exchange import Exchange
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -138,12 +138,12 @@ class Metrics:
         return (generate_latest(_WithoutAdapters(self.registry, hide_adapters))
                 + generate_latest(_WithoutAdapters(REGISTRY, hide_adapters)))
 
-    def trace(self, exchange: Exchange, keep_text: bool, adapter: str | None = None) -> Trace:
+    def for_request(self, exchange: Exchange, keep_text: bool, adapter: str | None = None) -> RequestMetrics:
         """Follows an admitted generation request; its counts reach the metrics and access log at `finish`."""
-        return Trace(self, exchange, keep_text, adapter=adapter)
+        return RequestMetrics(self, exchange, keep_text, adapter=adapter)
 
 
-class Trace:
+class RequestMetrics:
     """One generation request's token timings and counts; it also fills the access log's token fields."""
 
     def __init__(self, metrics: Metrics, exchange: Exchange, keep_text: bool, adapter: str | None = None):

@@ -18,7 +18,7 @@ from engine.grammar import json_object_grammar, strict_json_grammar
 from engine.request import StructuredOutput
 from schemas import GenerationRequest
 from schemas.json_depth import MAX_JSON_DEPTH, value_depth
-from server.errors import APIError, bad_request
+from server.errors import APIError, InvalidParameter
 
 # OpenAI's limits on structured-output schemas.
 MAX_PROPERTIES = 5000  # object properties, in total
@@ -48,8 +48,8 @@ def check_schemas(schemas: list[dict[str, Any]], param: str) -> None:
     """400 naming `param` and the limit when the schemas, together, pass one of OpenAI's limits."""
     for schema in schemas:
         if value_depth(schema) > MAX_JSON_DEPTH:
-            raise bad_request(f"{param}: a schema nests deeper than {MAX_JSON_DEPTH} levels of JSON", param,
-                              "schema_too_deep")
+            raise InvalidParameter(f"{param}: a schema nests deeper than {MAX_JSON_DEPTH} levels of JSON", param,
+                                   "schema_too_deep")
     properties = enum_values = chars = 0
     stack: list[tuple[Any, int]] = [(schema, 0) for schema in schemas]
     while stack:
@@ -57,8 +57,8 @@ def check_schemas(schemas: list[dict[str, Any]], param: str) -> None:
         if not isinstance(node, dict):
             continue
         if level > MAX_NESTING:
-            raise bad_request(f"{param}: a schema nests objects and arrays more than {MAX_NESTING} levels deep",
-                              param, "schema_too_deep")
+            raise InvalidParameter(f"{param}: a schema nests objects and arrays more than {MAX_NESTING} levels deep",
+                                   param, "schema_too_deep")
         for key, kinds in ((k, _NESTING_ONE.get(k) or _NESTING_SAME.get(k)) for k in node):
             value = node[key]
             down = level + 1 if key in _NESTING_ONE else level
@@ -78,9 +78,9 @@ def check_schemas(schemas: list[dict[str, Any]], param: str) -> None:
             strings = sum(len(v) for v in enum if isinstance(v, str))
             chars += strings
             if len(enum) > LARGE_ENUM_VALUES and strings > MAX_LARGE_ENUM_CHARS:
-                raise bad_request(f"{param}: a string enum of over {LARGE_ENUM_VALUES} values holds {strings} "
-                                  f"characters, more than the limit of {MAX_LARGE_ENUM_CHARS}", param,
-                                  "schema_too_large")
+                raise InvalidParameter(f"{param}: a string enum of over {LARGE_ENUM_VALUES} values holds {strings} "
+                                       f"characters, more than the limit of {MAX_LARGE_ENUM_CHARS}", param,
+                                       "schema_too_large")
         if isinstance(node.get("const"), str):
             chars += len(node["const"])
     for count, limit, what in ((properties, MAX_PROPERTIES, "object properties"),
@@ -88,8 +88,8 @@ def check_schemas(schemas: list[dict[str, Any]], param: str) -> None:
                                (chars, MAX_SCHEMA_CHARS, "characters of property names, definition names, enum "
                                                          "and const values")):
         if count > limit:
-            raise bad_request(f"{param}: the schemas hold {count} {what}, more than the limit of {limit}", param,
-                              "schema_too_large")
+            raise InvalidParameter(f"{param}: the schemas hold {count} {what}, more than the limit of {limit}", param,
+                                   "schema_too_large")
 
 
 async def structured_output(req: GenerationRequest, tool_schema: dict[str, Any] | None,
@@ -131,10 +131,10 @@ async def _build_in_a_worker(schema: dict[str, Any], param: str, timeout_s: floa
     try:
         return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(_BUILDERS, build), timeout_s)
     except InvalidGenerationRequest as exc:
-        raise bad_request(exc.message, exc.param) from exc
+        raise InvalidParameter(exc.message, exc.param) from exc
     except TimeoutError:
         if started.is_set():
-            raise bad_request(f"{param}: the schema's grammar took more than {timeout_s:g} s to build; simplify "
-                              "the schema", param, "schema_too_complex") from None
+            raise InvalidParameter(f"{param}: the schema's grammar took more than {timeout_s:g} s to build; simplify "
+                                   "the schema", param, "schema_too_complex") from None
         raise APIError(503, "structured-output grammars are all being built; retry shortly",
                        code="grammar_builders_busy", headers={"retry-after": "1"}) from None

@@ -1,4 +1,4 @@
-"""Request ids, JSON access logs and per-route request metrics (the per-request record is server/exchange.py)."""
+"""Request ids, JSON access logs and per-route request metrics (the per-request record is server/observe/exchange.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.exchange import Exchange, attach
-from server.metrics import Metrics
+from server.observe.exchange import Exchange, attach
+from server.observe.metrics import Metrics
 
 ID_HEADERS = ("x-request-id", "x-ms-client-request-id")
 # A client's id is echoed into headers and logs: anything but a short plain token is replaced, not trusted.

@@ -1,4 +1,4 @@
-"""What the tool-call parsers (server/tools/parsers.py) give: events as text arrives, folded into a message."""
+"""What the tool-call parsers (server/pipeline/tools/parsers.py) give: events as text arrives, folded into a message."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import APIError, error_response
-from server.exchange import exchange_of_scope
+from server.observe.exchange import exchange_of_scope
 
 JSON_MEDIA_TYPE = "application/json"
 

@@ -10,7 +10,7 @@ import ast
 import json
 from typing import Any
 
-from server.tools.events import ParsedCall
+from server.pipeline.tools.events import ParsedCall
 
 _PY_NAMES = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
 

@@ -21,9 +21,9 @@ import json
 import re
 from dataclasses import dataclass
 
-from server.tools.events import CallArguments, CallStart, Content, Event, Parsed, ParsedCall, collect
-from server.tools.json_calls import json_call, skip_space, string_end
-from server.tools.pythonic_calls import pythonic_calls
+from server.pipeline.tools.events import CallArguments, CallStart, Content, Event, Parsed, ParsedCall, collect
+from server.pipeline.tools.json_calls import json_call, skip_space, string_end
+from server.pipeline.tools.pythonic_calls import pythonic_calls
 
 PYTHON_TAG = "<|python_tag|>"  # Llama 3.x: what follows is a tool call
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"  # Llama 4

@@ -1,67 +1,29 @@
-"""The gate between the API and the engine: a parsed request in, the engine's fully resolved input out.
+"""The gate's rules: what a request means, checked against the server's limits and the model's facts.
 
 As TGI's `Validation::validate`: the request's cross-field rules, the server's limits and the model's facts are
-checked here, and every default is applied here, once (the table below); what fails raises one of the typed
-errors below, which name the parameter (server/errors.py gives them the documented 4xx shape). Pydantic (schemas/)
-has checked each field's own range before.
+checked here, and every default is applied here, once (the table below); what fails raises one of the gate's typed
+refusals (server/errors.py `InvalidInput`), which name the parameter. The gate itself, which runs these rules once
+per request, is server/pipeline/generation.py. Pydantic (schemas/) has checked each field's shape and range before:
+validation has two homes, the wire schemas and the gate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import InvalidGenerationRequest
 from engine.request import BeamParameters, GenerationInput, Mode, StructuredOutput
 from schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from schemas.completions import DEFAULT_COMPLETION_MAX_TOKENS
+from server.errors import ContextLengthExceeded, InvalidParameter, LimitExceeded
 
 if TYPE_CHECKING:
     from engine.adapters import Adapter
-
-# --- typed errors
-
-
-class InvalidInput(Exception):
-    """A request the gate refuses: the caller's fault (400), naming the parameter at fault."""
-
-    code = "invalid_parameter"
-
-    def __init__(self, message: str, param: str | None, code: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        if code is not None:
-            self.code = code
-
-
-class InvalidParameter(InvalidInput):
-    """A value, or a combination of values, that cannot be served."""
-
-
-class ContextLengthExceeded(InvalidInput):
-    """The prompt, or the prompt plus max_tokens, does not fit in the model's context."""
-
-    code = "context_length_exceeded"
-
-
-class LimitExceeded(InvalidInput):
-    """More work than the server's limits allow in one request; `code` says which limit."""
-
+    from server.settings import ApiLimits
 
 # --- what the gate checks against
-
-
-class ApiLimits(Protocol):
-    """The server's limits on one request (server/settings.py)."""
-
-    max_n: int
-    max_best_of: int
-    max_logprobs: int
-    max_prompts_per_request: int
-    max_sequences_per_request: int
-    max_prompt_chars: int
 
 
 @dataclass(frozen=True)
@@ -145,13 +107,16 @@ def check_request(req: GenerationRequest, limits: ApiLimits, model: ModelFacts) 
 
 
 def validate(req: GenerationRequest, limits: ApiLimits, model: ModelFacts, prompts: list[list[int]], *,
-             structured_output: StructuredOutput | None = None, adapter: Adapter | None = None) -> GenerationInput:
+             structured_output: StructuredOutput | None = None, adapter: Adapter | None = None,
+             choices: Choices | None = None) -> GenerationInput:
     """The engine's input for `req` on `prompts` (token ids, one list per prompt), or an InvalidInput.
 
-    `structured_output`: the grammar the answer must match (server/structured.py), None for free text;
-    `adapter`: the LoRA adapter the request's `model` names, None for the base model.
+    `structured_output`: the grammar the answer must match (server/pipeline/structured.py), None for free text;
+    `adapter`: the LoRA adapter the request's `model` names, None for the base model; `choices`: what
+    `check_request` gave for `req`, which runs here when it has not run before.
     """
-    choices = check_request(req, limits, model)
+    if choices is None:
+        choices = check_request(req, limits, model)
     chat = isinstance(req, ChatCompletionRequest)
     if isinstance(req, CompletionRequest):
         for given in req.prompts():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engine import guard_format
 from engine.build_cache import build_once
-from engine.tiny_model import _build_tokenizer
+from engine.tiny_model import build_tokenizer
 
 BUILD_VERSION = "tiny-guard-v1"
 DOUBLE_NEWLINE = "\n\n"
@@ -38,7 +38,7 @@ def ensure_tiny_guard(cache_dir: Path, verdict: str = "unsafe\nS1") -> Path:
 def guard_tokenizer():
     from tokenizers import AddedToken
 
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     tokenizer.add_tokens([AddedToken(DOUBLE_NEWLINE, normalized=False, special=False)])
     tokenizer.chat_template = guard_format.CHAT_TEMPLATE
     tokenizer.model_max_length = 4096

@@ -22,9 +22,9 @@ from engine.adapters import CONFIG_FILE, WEIGHTS_FILE, Adapter, AdapterExists, A
 from engine.core import LlamaEngine
 from engine.errors import EngineUnavailable
 from server.errors import APIError
-from server.model_source import AZUREML_MODEL_DIR
-from server.exchange import exchange_of
-from server.security import ADMIN_KEY_PREFIX, KeyRing, key_id, presented_keys
+from server.models.model_source import AZUREML_MODEL_DIR
+from server.observe.exchange import exchange_of
+from server.protection.security import ADMIN_KEY_PREFIX, KeyRing, key_id, presented_keys
 from server.settings import Settings
 
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -123,12 +123,16 @@ def allowed_names(settings: Settings, caller: str | None) -> set[str] | None:
     return names
 
 
-def check_access(settings: Settings, caller: str | None, model: str | None, engine: LlamaEngine) -> None:
+def resolve(settings: Settings, caller: str | None, model: str | None, engine: LlamaEngine) -> Adapter | None:
+    """The LoRA adapter a request's `model` names, None for the base model; one 404 for a name that is not served
+    and for an adapter the caller's key may not use, so that neither tells the other apart."""
     if model is None or model in (engine.info.name, engine.info.path):
-        return
+        return None
+    adapter = engine.adapters.get(model)
     names = allowed_names(settings, caller)
-    if names is not None and model not in names:
+    if adapter is None or (names is not None and model not in names):
         raise model_not_found(model, engine)
+    return adapter
 
 
 def visible(settings: Settings, caller: str | None, engine: LlamaEngine) -> list[Adapter]:

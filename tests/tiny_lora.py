@@ -1,4 +1,4 @@
-"""Builds LoRA adapters for the tiny model, in PEFT's layout, so the adapter path runs in tests and demos.
+"""Builds LoRA adapters for the tiny model, in PEFT's layout, so the adapter path runs in the tests.
 
 An adapter is `adapter_config.json` + `adapter_model.safetensors` with tensors named as PEFT saves them
 (`base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`). The weights are random with a wide spread

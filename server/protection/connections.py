@@ -15,7 +15,7 @@ headers are complete, which a slowloris client never sends). This subclass adds:
   close, as nginx does: our side is shut for writing and the rest is read and dropped for `LINGER_S`, since
   closing with unread bytes would send a TCP reset that can destroy the response before the client reads it.
 
-The body's own timeout is server/limits.py's BodyLimitMiddleware (it reads the body for the app).
+The body's own timeout is server/protection/limits.py's BodyLimitMiddleware (it reads the body for the app).
 """
 
 from __future__ import annotations

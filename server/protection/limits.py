@@ -1,14 +1,14 @@
 """What keeps one client, or too many, from taking the server down.
 
 - request body size: 413 before parsing (Content-Length, then the bytes actually read);
-- rate limits per API key (server/rates.py): requests and tokens per minute. A request passes them before any
-  work is done for its prompt (`Gate`): its tokens are reserved on an estimate (prompt characters / 4, plus
+- rate limits per API key (server/protection/rates.py): requests and tokens per minute. A request passes them before any
+  work is done for its prompt (`RequestAdmission`): its tokens are reserved on an estimate (prompt characters / 4, plus
   max_tokens, or `rate_limit_default_reserve_tokens` without it, x sequences), corrected to the prompt's exact
   count once it is tokenised, and settled to what was used when the request ends;
 - body read timeout: the whole body within `body_timeout_s`, else 408 and close;
 - admission: at most `max_concurrent_requests` generation requests run and `max_queued_requests` wait;
   beyond that an immediate 429 `overloaded`;
-- deadlines (server/deadlines.py): a request running past `request_timeout_s` (or still running when a drain or
+- deadlines (server/protection/deadlines.py): a request running past `request_timeout_s` (or still running when a drain or
   the engine's death expires it) is cancelled, which aborts its engine requests.
 """
 
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.deadlines import Ticket
+from server.protection.deadlines import Deadline
 from server.errors import APIError, error_response
-from server.exchange import Exchange, exchange_of_scope
-from server.rates import RateLimiter, prompt_over_the_limit
+from server.observe.exchange import Exchange, exchange_of_scope
+from server.protection.rates import RateLimiter, prompt_over_the_limit
 
 if TYPE_CHECKING:
     from server.settings import Protection
@@ -197,7 +197,7 @@ def identity_of(exchange: Exchange) -> str:
     return exchange.key_id or f"addr:{exchange.client}"
 
 
-class Gate:
+class RequestAdmission:
     """One request's way through the limits, before the work it asks for: one request and a token reservation
     from its key's rate limits, then a slot (queued first-come first-served). Once its prompt is tokenised,
     `count_prompts` puts the exact count in place of the estimate; when the exchange ends (after a stream's last
@@ -208,26 +208,27 @@ class Gate:
         self._limits = limits
         self._exchange = exchange
         self._identity = identity_of(exchange)
-        self.ticket: Ticket | None = None
+        self.deadline: Deadline | None = None
         self._prompt_tokens = 0
         self._most_generated = 0
         self._reserved = 0
         self._settled = False
 
-    async def admit_prompts(self, text_chars: int, token_ids: int, max_tokens: int | None, sequences: int) -> Ticket:
+    async def admit_prompts(self, text_chars: int, token_ids: int, max_tokens: int | None,
+                            sequences: int) -> Deadline:
         """Admits a generation request whose prompts hold `text_chars` characters of text and `token_ids` tokens
         given as ids, and which may generate `max_tokens` (None: not given) in each of its `sequences`."""
         per_sequence = self._limits.default_reserve_tokens if max_tokens is None else max_tokens
         estimate = math.ceil(text_chars / CHARS_PER_TOKEN) + token_ids
         return await self.admit(Cost(estimate, per_sequence * sequences, prompt_counted=text_chars == 0))
 
-    async def admit(self, cost: Cost) -> Ticket:
+    async def admit(self, cost: Cost) -> Deadline:
         """Charges the rate limits, then waits for a slot; raises 429 (limits, queue full) or 504 (deadline)."""
         limits, exchange, rates = self._limits, self._exchange, self._limits.rates
         loop = asyncio.get_running_loop()
         timeout_s = limits.request_timeout_s
-        ticket = Ticket(loop.time() + timeout_s - (time.perf_counter() - exchange.started), timeout_s,
-                        limits.stalled_send_grace_s)
+        deadline = Deadline(loop.time() + timeout_s - (time.perf_counter() - exchange.started), timeout_s,
+                            limits.stalled_send_grace_s)
         if rates:
             try:
                 exchange.set_headers(rates.charge(self._identity, cost.tokens,
@@ -236,26 +237,26 @@ class Gate:
                 exchange.reject_reason = "rate_limited"
                 raise
         try:
-            await ticket.within(limits.admission.acquire())
+            await deadline.within(limits.admission.acquire())
         except BaseException as err:
             if isinstance(err, APIError):
                 exchange.reject_reason = "overloaded" if err.code == "overloaded" else err.code
             if rates:
                 rates.refund(self._identity, cost.tokens)
             raise
-        limits.tickets.add(ticket)
-        self.ticket = ticket
+        limits.deadlines.add(deadline)
+        self.deadline = deadline
         self._prompt_tokens, self._most_generated = cost.prompt_tokens, cost.most_generated
         self._reserved = rates.reservation(cost.tokens) if rates else 0
         exchange.on_end(self._end)
-        return ticket
+        return deadline
 
     def count_prompts(self, prompt_tokens: int) -> None:
         """The prompts are tokenised: the reservation follows their exact count (a debt if the key has not the
         difference). Prompts larger than a full bucket are refused, and charged: the tokenising was done."""
         rates = self._limits.rates
         self._prompt_tokens = prompt_tokens
-        if not rates or self.ticket is None:
+        if not rates or self.deadline is None:
             return
         reserved = rates.reservation(prompt_tokens + self._most_generated)
         rates.take(self._identity, reserved - self._reserved)
@@ -271,7 +272,7 @@ class Gate:
         generated (`exchange.completion_tokens`); the x-ratelimit-* headers then show the key's state after it.
         Once: at the exchange's end, or before the response starts when the request is over by then."""
         rates = self._limits.rates
-        if self._settled or self.ticket is None or not rates:
+        if self._settled or self.deadline is None or not rates:
             return
         self._settled = True
         used = self._prompt_tokens + (self._exchange.completion_tokens or 0)
@@ -279,8 +280,8 @@ class Gate:
         self._exchange.set_headers(rates.headers(self._identity))
 
     def _end(self) -> None:
-        assert self.ticket is not None
-        self._limits.tickets.discard(self.ticket)
+        assert self.deadline is not None
+        self._limits.deadlines.discard(self.deadline)
         self._limits.admission.release()
         self.settle()
 
@@ -294,11 +295,11 @@ class Limits:
         self.default_reserve_tokens = protection.rate_limit_default_reserve_tokens
         self.rates = RateLimiter(protection.rate_limit_rpm, protection.rate_limit_tpm)
         self.admission = Admission(protection.max_concurrent_requests, protection.max_queued_requests)
-        self.tickets: set[Ticket] = set()
+        self.deadlines: set[Deadline] = set()
 
-    def gate(self, exchange: Exchange) -> Gate:
+    def admission_for(self, exchange: Exchange) -> RequestAdmission:
         """The way through the limits for the request `exchange` records (nothing is charged yet)."""
-        return Gate(self, exchange)
+        return RequestAdmission(self, exchange)
 
     def charge_tokens(self, exchange: Exchange, tokens: int) -> None:
         """Charges `tokens` more to the key of an admitted request, for work done on its behalf beyond its
@@ -311,9 +312,9 @@ class Limits:
                 exchange.set_headers(self.rates.headers(identity))
 
     def expire_all(self, reason: str) -> int:
-        for t in list(self.tickets):
+        for t in list(self.deadlines):
             t.expire(reason)
-        return len(self.tickets)
+        return len(self.deadlines)
 
     def readings(self) -> list[tuple[str, str, float]]:
         return [

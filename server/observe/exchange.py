@@ -1,6 +1,6 @@
 """The per-request record (`Exchange`): what the server learns about one HTTP request while serving it.
 
-The outermost middleware (server/observability.py) opens it and, after the response's last byte, runs its
+The outermost middleware (server/observe/access_log.py) opens it and, after the response's last byte, runs its
 cleanups and logs it; the layers in between (keys, limits, routes) fill it in. It imports nothing of ours, so
 every layer can read it without depending on the others.
 """

@@ -1,1 +1,0 @@
-"""Tool calling: what a request's tools mean for the prompt, the engine and the answer (issue 12)."""
