@@ -59,7 +59,7 @@ def test_a_body_not_declared_json_is_415_everywhere(clean_env, content_type):
 @pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
                                           "Application/JSON;charset=UTF-8"])
 def test_json_with_or_without_parameters_is_served(clean_env, content_type):
-    # The adapter routes' JSON bodies are served by tests/test_lora.py (the scripted engine loads no adapter).
+    # The adapter routes' JSON bodies are served by tests/server/test_lora.py (the scripted engine loads no adapter).
     served = [path for path in BODIES if not path.endswith("_lora_adapter")]
     for path, resp in _post_all(_cfg(), content_type, served).items():
         assert resp.status_code == 200, (path, resp.text)

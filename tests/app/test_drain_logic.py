@@ -1,7 +1,7 @@
 """The drain's logic in-process (server/protection/lifecycle.py, server/protection/limits.py Admission.close), on a scripted engine whose
 requests never finish by themselves: deterministic whatever the machine's speed.
 
-The real-engine drain (SIGTERM, exit code and time) is in tests/test_reliability.py."""
+The real-engine drain (SIGTERM, exit code and time) is in tests/server/test_reliability.py."""
 
 from __future__ import annotations
 

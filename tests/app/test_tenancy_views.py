@@ -1,6 +1,6 @@
 """What /metrics and /v1/models tell about LoRA adapters, by reader: adapter names only to an admin key on a
 /metrics that needs a key, adapters' paths only to admin keys. In process, on the scripted engine with an adapter
-registered as loaded; tests/test_lora.py holds the same on the real engine."""
+registered as loaded; tests/server/test_lora.py holds the same on the real engine."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """engine.beam_steps on a scripted engine (no vLLM engine): which requests it starts, reuses and aborts, and that
-the search's beams are those of plain one-token steps. The real engine: tests/test_beam_reference.py."""
+the search's beams are those of plain one-token steps. The real engine: tests/engine/test_beam_reference.py."""
 
 from __future__ import annotations
 
