@@ -152,7 +152,7 @@ TAIL_CONCURRENCY = (32, 128)  # where streaming p99 latency and stalls are compa
 
 
 def targets(ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]], apis: Sequence[str]) -> list[dict[str, Any]]:
-    """Issue 16's targets for the plain scenarios, each {name, value, limit, met} (and `shown` where the value is
+    """The performance targets for the plain scenarios, each {name, value, limit, met} (and `shown` where the value is
     not a ratio): closed-loop scenarios; a scenario missing from the run gives no target."""
 
     def r(metric: str, stream: bool, c: int) -> float | None:
