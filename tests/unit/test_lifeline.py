@@ -51,7 +51,7 @@ def _sigkill_parent_of_a_guarded_child(method: str, tmp_path) -> None:
     script.write_text(_PARENT)
     ready = tmp_path / "guarded-ready"
     parent = subprocess.Popen([sys.executable, str(script), method, str(ready)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, process_group=0)
     try:
         guarded, unguarded = map(int, parent.stdout.readline().split())
         assert _alive(guarded) and _alive(unguarded)
