@@ -164,7 +164,9 @@ WINGS_MAY_IMPORT = {
     "server.protection": {"server.observe"},
     "server.models": {"server.observe", "server.protection"},
     "server.safety": {"server.models"},
-    "server.pipeline": {"server.observe", "server.protection", "server.models", "server.safety"},
+    "server.store": {"server.observe"},
+    "server.fleet": {"server.observe", "server.protection", "server.models", "server.store"},
+    "server.pipeline": {"server.observe", "server.protection", "server.models", "server.safety", "server.store"},
 }
 
 

@@ -1,0 +1,63 @@
+"""The one connection to the fleet's Redis, with a time limit on every call.
+
+Redis is shared state, never a dependency of generation: a call that fails or outlasts `timeout_s` raises
+`RedisDown`, and each user of the link decides what that means (limits fail open, stored responses answer 503).
+The link logs once when Redis goes away and once when it is back, so a long outage is two log lines, not one per
+request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger("llamaserve.fleet")
+T = TypeVar("T")
+
+
+class RedisDown(Exception):
+    """Redis did not answer in time, or refused: the caller falls back as its concern says."""
+
+
+class RedisLink:
+    def __init__(self, url: str, timeout_s: float):
+        self.url = url
+        self.timeout_s = timeout_s
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30)
+        self.down_since: float | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.down_since is None
+
+    async def call(self, operation: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """`operation(client)` within the time limit; RedisDown if it fails or is late."""
+        try:
+            result = await asyncio.wait_for(operation(self.client), self.timeout_s)
+        except (aioredis.RedisError, OSError, asyncio.TimeoutError) as exc:
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                log.warning("redis at %s unreachable (%s): shared state falls back until it is back",
+                            _redacted(self.url), type(exc).__name__)
+            raise RedisDown(str(exc) or type(exc).__name__) from exc
+        if self.down_since is not None:
+            log.warning("redis at %s is back after %.1fs", _redacted(self.url), time.monotonic() - self.down_since)
+            self.down_since = None
+        return result
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest
