@@ -37,6 +37,7 @@ from engine.guard_format import resolve_codes
 from engine.tool_format import TOOL_CALL_FORMATS
 from server import adapter_settings
 from server.engine_settings import EngineFields, EngineSettings
+from server.store_settings import StoreFields
 
 ENV_PREFIX = "LLAMASERVE_"
 # Kubernetes' service links give every pod <SERVICE>_PORT=tcp://10.0.0.1:8000 for each Service in its namespace,
@@ -55,7 +56,7 @@ class _EnvSource(EnvSettingsSource):
         return values
 
 
-class Settings(EngineFields, BaseSettings):
+class Settings(EngineFields, StoreFields, BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     config: Path | None = Field(None, description="YAML settings file (lower precedence than env and flags)")
@@ -324,7 +325,7 @@ def key_file_lines(raw: bytes) -> list[str]:
 # Their values are never echoed in an error, nor their mapping keys (lora_access accepts raw keys as its keys);
 # nor is the value of an unknown key (it may be a misspelt secret). guard_url may hold `user:password@`.
 SECRET_FIELDS = frozenset({"api_keys", "api_key_file", "admin_api_keys", "guard_api_key", "guard_url",
-                           "lora_access", "guard_key_categories"})
+                           "lora_access", "guard_key_categories", "redis_url", "redis_url_file"})
 
 
 def describe_error(exc: ValidationError) -> str:

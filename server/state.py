@@ -9,11 +9,13 @@ from fastapi import FastAPI, Request
 
 from engine.core import LlamaEngine
 from server.errors import APIError
+from server.fleet.link import RedisLink
 from server.protection.lifecycle import Lifecycle
 from server.protection.limits import Limits
 from server.observe.metrics import Metrics
 from server.safety.moderation import Moderator
 from server.settings import Settings
+from server.store.responses import MemoryResponseStore, ResponseStore
 
 
 @dataclass
@@ -27,9 +29,15 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     limits: Limits = field(init=False)
     lifecycle: Lifecycle = field(init=False)
+    fleet: RedisLink | None = field(init=False)  # the replicas' shared Redis, when one is set
+    responses: ResponseStore = field(init=False)
 
     def __post_init__(self) -> None:
         protection = self.settings.protection
+        url = self.settings.shared_state_url()
+        self.fleet = RedisLink(url, self.settings.redis_timeout_s) if url else None
+        self.responses = MemoryResponseStore(self.settings.responses_store_max_count,
+                                             self.settings.responses_store_max_age_s)
         self.limits = Limits(protection)
         self.lifecycle = Lifecycle(self.limits, protection.shutdown_grace_s, self._engine_is_dead)
         self.metrics.watch(self._readings)

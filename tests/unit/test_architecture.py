@@ -157,7 +157,8 @@ def test_engine_owns_its_input():
 # The wings of server/ (docs/ARCHITECTURE.md) and which others each may import: a wing leans only on those below it.
 # The foundation (errors, settings, the event-stream framing) imports no wing; the routes and the app's assembly
 # (app, cli, state) may import every wing, and no wing imports them.
-FOUNDATION = {"server.errors", "server.settings", "server.engine_settings", "server.adapter_settings", "server.sse"}
+FOUNDATION = {"server.errors", "server.settings", "server.engine_settings", "server.adapter_settings",
+              "server.store_settings", "server.sse"}
 ASSEMBLY = {"server.app", "server.cli", "server.state", "server.routes"}
 WINGS_MAY_IMPORT = {
     "server.observe": set(),
