@@ -28,6 +28,7 @@ from server.protection.deadlines import Deadline
 from server.errors import APIError, error_response
 from server.observe.exchange import Exchange, exchange_of_scope
 from server.protection.rates import RateLimiter, prompt_over_the_limit
+from server.protection.shared_rates import BucketStore, KeyCharge, SharedRates
 
 if TYPE_CHECKING:
     from server.settings import Protection
@@ -202,12 +203,14 @@ class RequestAdmission:
     from its key's rate limits, then a slot (queued first-come first-served). Once its prompt is tokenised,
     `count_prompts` puts the exact count in place of the estimate; when the exchange ends (after a stream's last
     frame), whatever way it ends, the slot is freed and the tokens settled to what the request used.
-    A request refused after admission (a prompt too long for the context) is charged all the same."""
+    A request refused after admission (a prompt too long for the context) is charged all the same.
+    With buckets shared by the fleet (`Limits.share`), a request is charged and settled on the shared buckets, or
+    on this replica's when the shared ones could not decide (server/protection/shared_rates.py)."""
 
     def __init__(self, limits: Limits, exchange: Exchange):
         self._limits = limits
         self._exchange = exchange
-        self._identity = identity_of(exchange)
+        self._charge = KeyCharge(limits.rates, limits.shared, identity_of(exchange))
         self.deadline: Deadline | None = None
         self._prompt_tokens = 0
         self._most_generated = 0
@@ -231,8 +234,8 @@ class RequestAdmission:
                             limits.stalled_send_grace_s)
         if rates:
             try:
-                exchange.set_headers(rates.charge(self._identity, cost.tokens,
-                                                  cost.prompt_tokens if cost.prompt_counted else 0))
+                exchange.set_headers(await self._charge.charge(cost.tokens,
+                                                               cost.prompt_tokens if cost.prompt_counted else 0))
             except APIError:
                 exchange.reject_reason = "rate_limited"
                 raise
@@ -242,13 +245,14 @@ class RequestAdmission:
             if isinstance(err, APIError):
                 exchange.reject_reason = "overloaded" if err.code == "overloaded" else err.code
             if rates:
-                rates.refund(self._identity, cost.tokens)
+                self._charge.refund(cost.tokens)
             raise
         limits.deadlines.add(deadline)
         self.deadline = deadline
         self._prompt_tokens, self._most_generated = cost.prompt_tokens, cost.most_generated
         self._reserved = rates.reservation(cost.tokens) if rates else 0
         exchange.on_end(self._end)
+        limits.open_admissions[id(exchange)] = self
         return deadline
 
     def count_prompts(self, prompt_tokens: int) -> None:
@@ -259,31 +263,48 @@ class RequestAdmission:
         if not rates or self.deadline is None:
             return
         reserved = rates.reservation(prompt_tokens + self._most_generated)
-        rates.take(self._identity, reserved - self._reserved)
+        self._charge.take(reserved - self._reserved)
         self._reserved = reserved
-        headers = rates.headers(self._identity)
+        headers = self._charge.headers()
         self._exchange.set_headers(headers)  # a stream's headers show the reservation as counted
         if rates.tpm and prompt_tokens > rates.tpm:
             self._exchange.reject_reason = "rate_limited"
             raise prompt_over_the_limit(prompt_tokens, rates.tpm, headers)
 
-    def settle(self) -> None:
+    async def settle(self) -> None:
         """Settles the reservation to what the request used: its prompt tokens and the completion tokens it
         generated (`exchange.completion_tokens`); the x-ratelimit-* headers then show the key's state after it.
         Once: at the exchange's end, or before the response starts when the request is over by then."""
-        rates = self._limits.rates
-        if self._settled or self.deadline is None or not rates:
+        if self._settled or self.deadline is None or not self._limits.rates:
             return
         self._settled = True
-        used = self._prompt_tokens + (self._exchange.completion_tokens or 0)
-        rates.settle(self._identity, self._reserved, used)
-        self._exchange.set_headers(rates.headers(self._identity))
+        headers = await self._charge.settle(self._reserved, self._used())
+        if headers is not None:
+            self._exchange.set_headers(headers)
+
+    def take(self, tokens: int) -> None:
+        """Charges `tokens` more (work done on the request's behalf); the headers of a response not yet started
+        show it."""
+        if self._settled:
+            self._charge.settle_soon(0, tokens)
+            return
+        self._charge.take(tokens)
+        if self._limits.rates.tpm:
+            self._exchange.set_headers(self._charge.headers())
+
+    def _used(self) -> int:
+        return self._prompt_tokens + (self._exchange.completion_tokens or 0)
 
     def _end(self) -> None:
         assert self.deadline is not None
         self._limits.deadlines.discard(self.deadline)
         self._limits.admission.release()
-        self.settle()
+        self._limits.open_admissions.pop(id(self._exchange), None)
+        if not self._settled and self._limits.rates:  # from the middleware, which cannot wait for a store
+            self._settled = True
+            self._charge.settle_soon(self._reserved, self._used())
+            if not self._charge.is_shared:
+                self._exchange.set_headers(self._charge.headers())
 
 
 class Limits:
@@ -294,8 +315,16 @@ class Limits:
         self.stalled_send_grace_s = protection.stalled_send_grace_s
         self.default_reserve_tokens = protection.rate_limit_default_reserve_tokens
         self.rates = RateLimiter(protection.rate_limit_rpm, protection.rate_limit_tpm)
+        self.shared: SharedRates | None = None
+        self.open_admissions: dict[int, RequestAdmission] = {}  # by id of their exchange, until it ends
         self.admission = Admission(protection.max_concurrent_requests, protection.max_queued_requests)
         self.deadlines: set[Deadline] = set()
+
+    def share(self, store: BucketStore, retry_s: float, on_fallback: Callable[[], None] = lambda: None) -> None:
+        """Keys' buckets from now on in `store`, shared by every replica (server/protection/shared_rates.py);
+        this replica's own decide for `retry_s` seconds at a time while the store fails."""
+        if self.rates:
+            self.shared = SharedRates(store, self.rates, retry_s, on_fallback)
 
     def admission_for(self, exchange: Exchange) -> RequestAdmission:
         """The way through the limits for the request `exchange` records (nothing is charged yet)."""
@@ -305,11 +334,16 @@ class Limits:
         """Charges `tokens` more to the key of an admitted request, for work done on its behalf beyond its
         prompt and completion (a guard's check): taken at once, below zero as a debt its next admission waits
         for. The headers of a response not yet started show it."""
-        if self.rates and tokens > 0:
-            identity = identity_of(exchange)
-            self.rates.take(identity, tokens)
-            if self.rates.tpm:
-                exchange.set_headers(self.rates.headers(identity))
+        if not self.rates or tokens <= 0:
+            return
+        admitted = self.open_admissions.get(id(exchange))
+        if admitted is not None:
+            admitted.take(tokens)
+            return
+        identity = identity_of(exchange)
+        self.rates.take(identity, tokens)
+        if self.rates.tpm:
+            exchange.set_headers(self.rates.headers(identity))
 
     def expire_all(self, reason: str) -> int:
         for t in list(self.deadlines):

@@ -36,11 +36,16 @@ class _Bucket:
         return max(0.0, (amount - self.level) / self.rate)
 
     def headers(self, kind: str) -> dict[str, str]:
-        return {
-            f"x-ratelimit-limit-{kind}": str(self.capacity),
-            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
-            f"x-ratelimit-reset-{kind}": duration((self.capacity - self.level) / self.rate),
-        }
+        return bucket_headers(kind, self.capacity, self.level)
+
+
+def bucket_headers(kind: str, capacity: int, level: float) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers of one bucket (`kind`: requests or tokens) holding `level` of `capacity`."""
+    return {
+        f"x-ratelimit-limit-{kind}": str(capacity),
+        f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(level))),
+        f"x-ratelimit-reset-{kind}": duration((capacity - level) * 60.0 / capacity),
+    }
 
 
 def duration(seconds: float) -> str:
@@ -51,6 +56,18 @@ def duration(seconds: float) -> str:
         return f"{seconds:.3g}s"
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes}m{rest}s"
+
+
+def rate_limited(requests_short: bool, wait_s: float, headers: dict[str, str]) -> APIError:
+    """The 429 of a request its key's buckets cannot take for `wait_s` seconds (`requests_short`: for want of a
+    request, else of tokens)."""
+    which = "requests" if requests_short else "tokens"
+    return APIError(
+        429,
+        f"rate limit reached for {which} per minute; retry after {math.ceil(wait_s)} s",
+        code="rate_limit_exceeded",
+        headers={**headers, "Retry-After": str(math.ceil(wait_s))},
+    )
 
 
 def prompt_over_the_limit(prompt_tokens: int, capacity: int, headers: dict[str, str]) -> APIError:
@@ -93,13 +110,7 @@ class RateLimiter:
             token_bucket.wait_for(tokens) if token_bucket is not None else 0.0,
         )
         if wait > 0:
-            which = "requests" if requests is not None and requests.level < 1 else "tokens"
-            raise APIError(
-                429,
-                f"rate limit reached for {which} per minute; retry after {math.ceil(wait)} s",
-                code="rate_limit_exceeded",
-                headers={**headers, "Retry-After": str(math.ceil(wait))},
-            )
+            raise rate_limited(requests is not None and requests.level < 1, wait, headers)
         if requests is not None:
             requests.level -= 1
         if token_bucket is not None:

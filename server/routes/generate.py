@@ -49,13 +49,13 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
         # A streamed reply's frames pass through its deadline, which ends the event stream when it passes.
         options = sse.event_stream_options(state.settings.protection.shutdown_grace_s)
         reply = await deadline.within(respond.respond(job, engine, request, deadline.stream, **options))
-    except BaseException as exc:
-        admission.settle()  # the request is over before its response starts: its headers show the settled state
+    except Exception as exc:
+        await admission.settle()  # the request is over before its response starts: its headers show the settled state
         if isinstance(exc, EngineError):
             raise engine_error(exc) from exc
         raise
     if not job.stream:
-        admission.settle()
+        await admission.settle()
     return reply
 
 
