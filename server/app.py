@@ -148,6 +148,10 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
                 state.engine.shutdown()
             if state.moderator is not None:
                 await state.moderator.close()
+            if state.limits.shared is not None:
+                await state.limits.shared.finish()
+            if state.fleet is not None:
+                await state.fleet.close()
 
     app = FastAPI(title="llamaserve", version="0.1.0", lifespan=lifespan)
     app.state.llama = ServerState(settings=settings)

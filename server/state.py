@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from engine.core import LlamaEngine
 from server.errors import APIError
 from server.fleet.link import RedisLink
+from server.fleet.rates import RedisBuckets
 from server.protection.lifecycle import Lifecycle
 from server.protection.limits import Limits
 from server.observe.metrics import Metrics
@@ -39,6 +40,11 @@ class ServerState:
         self.responses = MemoryResponseStore(self.settings.responses_store_max_count,
                                              self.settings.responses_store_max_age_s)
         self.limits = Limits(protection)
+        if self.fleet is not None:
+            self.metrics.registry.register(self.fleet.collector())
+            link = self.fleet
+            self.limits.share(RedisBuckets(link, self.settings.shared_state_name()),
+                              self.settings.rate_limit_fallback_s, lambda: link.fell_back("rate_limits"))
         self.lifecycle = Lifecycle(self.limits, protection.shutdown_grace_s, self._engine_is_dead)
         self.metrics.watch(self._readings)
 

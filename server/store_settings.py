@@ -30,6 +30,19 @@ class StoreFields(BaseModel):
     redis_timeout_s: float = Field(
         0.25, gt=0, description="time limit of one Redis call; past it the call counts as failed (limits fail open)"
     )
+    redis_deployment: str | None = Field(
+        None, description="the name this deployment's replicas share their state under in Redis, apart from other "
+        "deployments on the same Redis (unset: served_model_name, else model, else 'default')"
+    )
+    rate_limit_fallback_s: float = Field(
+        5.0, gt=0, description="after a Redis call failed, seconds this replica's own rate buckets decide before "
+        "Redis is tried again"
+    )
+
+    def shared_state_name(self) -> str:
+        """The deployment's name in Redis keys (llamaserve:<name>:...)."""
+        fallback = getattr(self, "served_model_name", None) or getattr(self, "model", None) or "default"
+        return self.redis_deployment or fallback
 
     def shared_state_url(self) -> str | None:
         """The Redis URL from the setting or its file, or None when the replicas keep their own state."""

@@ -3,7 +3,7 @@
 Redis is shared state, never a dependency of generation: a call that fails or outlasts `timeout_s` raises
 `RedisDown`, and each user of the link decides what that means (limits fail open, stored responses answer 503).
 The link logs once when Redis goes away and once when it is back, so a long outage is two log lines, not one per
-request.
+request. Its metrics (`collector`): whether Redis answered the last call, and how often each concern did without it.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = logging.getLogger("llamaserve.fleet")
 T = TypeVar("T")
@@ -31,6 +33,7 @@ class RedisLink:
         self.client = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30)
         self.down_since: float | None = None
+        self.fallbacks: Counter[str] = Counter()
 
     @property
     def healthy(self) -> bool:
@@ -51,8 +54,31 @@ class RedisLink:
             self.down_since = None
         return result
 
+    def fell_back(self, concern: str) -> None:
+        """Counts one thing `concern` (rate_limits, ...) did without Redis."""
+        self.fallbacks[concern] += 1
+
+    def collector(self) -> _LinkMetrics:
+        """The link's metrics, for a Prometheus registry."""
+        return _LinkMetrics(self)
+
     async def close(self) -> None:
         await self.client.aclose()
+
+
+class _LinkMetrics:
+    def __init__(self, link: RedisLink):
+        self._link = link
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("llamaserve_shared_state_up",
+                                "1 while the fleet's Redis answered its last call, 0 since one failed",
+                                value=1 if self._link.healthy else 0)
+        fallbacks = CounterMetricFamily("llamaserve_shared_state_fallbacks",
+                                        "things done without the fleet's Redis, by concern", labels=["concern"])
+        for concern, count in sorted(self._link.fallbacks.items()):
+            fallbacks.add_metric([concern], count)
+        yield fallbacks
 
 
 def _redacted(url: str) -> str:
