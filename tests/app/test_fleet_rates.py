@@ -256,3 +256,15 @@ def test_a_settlement_that_cannot_reach_redis_is_dropped_without_failing_the_req
 
     fallbacks, healthy = asyncio.run(main())
     assert fallbacks == 1 and not healthy
+
+
+def test_the_admission_benchmark_times_both_kinds_of_buckets_through_redis(redis_server):
+    from bench.fleet_admission import run
+
+    results = asyncio.run(run(redis_server.url, iterations=50, keys=5))
+    assert set(results) == {"local", "redis"}
+    for timings in results.values():
+        assert timings["admit_p50_ms"] <= timings["admit_p99_ms"]
+        assert timings["settle_p50_ms"] <= timings["settle_p99_ms"]
+    # The state of the benchmark's keys is in Redis: its shared numbers are round trips, not the fallback's.
+    assert redis.Redis.from_url(redis_server.url).exists(key_prefix("bench") + "bench-key-0")
