@@ -287,8 +287,8 @@ class RequestAdmission:
         show it."""
         if self._settled:
             self._charge.settle_soon(0, tokens)
-            return
-        self._charge.take(tokens)
+        else:
+            self._charge.take(tokens)
         if self._limits.rates.tpm:
             self._exchange.set_headers(self._charge.headers())
 
