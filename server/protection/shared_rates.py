@@ -78,6 +78,9 @@ class SharedTicket:
 
 
 class SharedRates:
+    """The keys' buckets in a `BucketStore`, with the limits of the local `RateLimiter`; the fall-back to it while
+    the store fails (the module's docstring)."""
+
     def __init__(self, store: BucketStore, local: RateLimiter, retry_s: float,
                  on_fallback: Callable[[], None] = lambda: None):
         self._store = store
