@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from engine.core import LlamaEngine
 from server.errors import APIError
 from server.fleet.link import RedisLink
+from server.fleet.responses import RedisResponseStore
 from server.protection.lifecycle import Lifecycle
 from server.protection.limits import Limits
 from server.observe.metrics import Metrics
@@ -36,8 +37,8 @@ class ServerState:
         protection = self.settings.protection
         url = self.settings.shared_state_url()
         self.fleet = RedisLink(url, self.settings.redis_timeout_s) if url else None
-        self.responses = MemoryResponseStore(self.settings.responses_store_max_count,
-                                             self.settings.responses_store_max_age_s)
+        bounds = (self.settings.responses_store_max_count, self.settings.responses_store_max_age_s)
+        self.responses = RedisResponseStore(self.fleet, *bounds) if self.fleet else MemoryResponseStore(*bounds)
         self.limits = Limits(protection)
         self.lifecycle = Lifecycle(self.limits, protection.shutdown_grace_s, self._engine_is_dead)
         self.metrics.watch(self._readings)
