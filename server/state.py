@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 
 from engine.core import LlamaEngine
 from server.errors import APIError
+from server.fleet.adapters import SharedAdapters
 from server.fleet.link import RedisLink
 from server.fleet.responses import RedisResponseStore
 from server.protection.lifecycle import Lifecycle
@@ -32,6 +33,7 @@ class ServerState:
     lifecycle: Lifecycle = field(init=False)
     fleet: RedisLink | None = field(init=False)  # the replicas' shared Redis, when one is set
     responses: ResponseStore = field(init=False)
+    shared_adapters: SharedAdapters | None = field(init=False)  # runtime LoRA adapters, with a fleet
 
     def __post_init__(self) -> None:
         protection = self.settings.protection
@@ -39,6 +41,8 @@ class ServerState:
         self.fleet = RedisLink(url, self.settings.redis_timeout_s) if url else None
         bounds = (self.settings.responses_store_max_count, self.settings.responses_store_max_age_s)
         self.responses = RedisResponseStore(self.fleet, *bounds) if self.fleet else MemoryResponseStore(*bounds)
+        self.shared_adapters = (SharedAdapters(self.fleet, self.settings.adapter_sync_interval_s)
+                                if self.fleet and self.settings.allow_runtime_lora else None)
         self.limits = Limits(protection)
         self.lifecycle = Lifecycle(self.limits, protection.shutdown_grace_s, self._engine_is_dead)
         self.metrics.watch(self._readings)

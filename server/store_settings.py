@@ -30,6 +30,9 @@ class StoreFields(BaseModel):
     redis_timeout_s: float = Field(
         0.25, gt=0, description="time limit of one Redis call; past it the call counts as failed (limits fail open)"
     )
+    adapter_sync_interval_s: float = Field(
+        1.0, gt=0, description="how often each replica checks the fleet's record of runtime LoRA adapters (seconds)"
+    )
 
     def shared_state_url(self) -> str | None:
         """The Redis URL from the setting or its file, or None when the replicas keep their own state."""
