@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 log = logging.getLogger("llamaserve.fleet")
 T = TypeVar("T")
@@ -28,8 +30,11 @@ class RedisLink:
     def __init__(self, url: str, timeout_s: float):
         self.url = url
         self.timeout_s = timeout_s
+        # One retry, on a new connection, of a call whose connection broke: after a Redis restart every pooled
+        # connection is the old server's, and each would otherwise fail one call before it is replaced.
         self.client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30)
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30,
+            retry=Retry(NoBackoff(), 1), retry_on_error=[aioredis.ConnectionError])
         self.down_since: float | None = None
 
     @property

@@ -176,6 +176,19 @@ def test_redis_killed_answers_store_unavailable_then_recovers_by_itself(redis_se
     asyncio.run(scenario())
 
 
+def test_every_pooled_connection_recovers_after_a_restart_without_a_failed_call(redis_server):
+    async def scenario():
+        (store,) = replicas(redis_server.url, 1)
+        await asyncio.gather(*[store.put(stored(i, time.time())) for i in range(8)])  # several pooled connections
+        redis_server.stop()
+        redis_server.start()  # no call in between: every pooled connection is the dead server's
+        await asyncio.gather(*[store.put(stored(i, time.time())) for i in range(8, 16)])
+        assert store.link.healthy
+        await close(store)
+
+    asyncio.run(scenario())
+
+
 def test_a_hung_redis_answers_store_unavailable_within_the_time_limit(redis_server):
     async def scenario():
         (store,) = replicas(redis_server.url, 1)
