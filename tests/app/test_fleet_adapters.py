@@ -229,6 +229,25 @@ def test_with_redis_away_a_call_acts_locally_and_says_so_and_replicas_keep_what_
     asyncio.run(scenario())
 
 
+def test_a_replica_starting_while_redis_is_away_serves_and_follows_the_record_once_it_is_back(redis_server, tmp_path,
+                                                                                             clean_env):
+    path = adapter_dir(tmp_path, "support")
+
+    async def scenario():
+        async with replicas(redis_server.url, 1) as [(a, _)]:
+            redis_server.stop()
+            late = AdapterEngine()
+            async with InProcess(late, replica_settings(redis_server.url)) as c:  # returns once the engine serves
+                assert (await c.get("/ready")).status_code == 200
+                assert late.sources() == {}
+                redis_server.start()
+                r = await a.post(LOAD, json={"lora_name": "support", "lora_path": path})
+                assert r.status_code == 200 and r.json()["shared"] is True
+                await until(lambda: late.sources() == {"support": path}, "the late replica applies the record")
+
+    asyncio.run(scenario())
+
+
 def test_a_poll_during_an_admin_load_does_not_undo_it(redis_server, tmp_path, clean_env):
     path = adapter_dir(tmp_path, "support")
 
