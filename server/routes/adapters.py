@@ -23,8 +23,9 @@ from server.state import state_of
 router = APIRouter(tags=["adapters"])
 _FAILURES = (AdapterNotFound, AdapterExists, InvalidAdapter, EngineUnavailable)
 # With a fleet, a change the other replicas could not be told of (Redis away) says so (`shared: false`).
-_NOT_SHARED = (" On this replica only: the fleet's Redis is unreachable, so the other replicas are unchanged; repeat "
-               "the call when it is back (a load with load_inplace: true).")
+_NOT_SHARED = (" On this replica only: the fleet's Redis is unreachable, so the other replicas are unchanged; repeat the "
+               "call when it is back")
+_REPEAT_LOAD = " (with load_inplace: true, as this replica has the adapter now)."
 
 
 def _name(name: str) -> str:
@@ -53,7 +54,7 @@ async def load_lora_adapter(request: Request) -> JSONResponse:
     message = f"Success: LoRA adapter '{adapter.name}' added successfully."
     card = {**adapters.model_card(adapter, engine, show_root=True), "message": message}
     if fleet is not None:
-        card.update(shared=shared, message=message if shared else message + _NOT_SHARED)
+        card.update(shared=shared, message=message if shared else message + _NOT_SHARED + _REPEAT_LOAD)
     return JSONResponse(card)
 
 
@@ -75,5 +76,5 @@ async def unload_lora_adapter(request: Request) -> JSONResponse:
     message = f"Success: LoRA adapter '{body.lora_name}' removed successfully."
     result = {"id": body.lora_name, "object": "model", "deleted": True, "message": message}
     if fleet is not None:
-        result.update(shared=shared, message=message if shared else message + _NOT_SHARED)
+        result.update(shared=shared, message=message if shared else message + _NOT_SHARED + ".")
     return JSONResponse(result)

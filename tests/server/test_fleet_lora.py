@@ -1,6 +1,7 @@
 """Runtime LoRA adapters across a fleet: two `llamaserve serve` replicas on the real engine share one real
-redis-server; an adapter loaded through replica A answers on replica B and is listed by B's /v1/models, and unloaded
-through A it is gone from B. The record's rules in process: tests/app/test_fleet_adapters.py."""
+redis-server; an adapter loaded through replica A answers on replica B and is listed by B's /v1/models, unloaded
+through A it is gone from B, and a replica started later serves the recorded adapters as soon as it is ready. The
+record's rules in process: tests/app/test_fleet_adapters.py."""
 
 from __future__ import annotations
 
@@ -37,18 +38,21 @@ def redis():
 
 @pytest.fixture(scope="module")
 def fleet(tiny_model: Path, redis):
-    args = ["--model", str(tiny_model), "--served-model-name", BASE, "--enforce-eager", "--cpu-kvcache-space-gib", "1",
-            "--dtype", "bfloat16", "--rate-limit-rpm", "0", "--rate-limit-tpm", "0", "--api-keys", KEY,
-            "--admin-api-keys", ADMIN, "--allow-runtime-lora", "--max-lora-rank", "8", "--max-loras", "2",
-            "--max-cpu-loras", "2", "--redis-url", redis.url]
-    replicas = [ServerProcess(args), ServerProcess(args)]  # started together: their start-ups overlap
-    try:
+    replicas = [ServerProcess(replica_args(tiny_model, redis)), ServerProcess(replica_args(tiny_model, redis))]
+    try:  # started together: their start-ups overlap
         for replica in replicas:
             replica.wait_ready()
         yield replicas
     finally:
         for replica in replicas:
             replica.stop_in_background()
+
+
+def replica_args(tiny_model: Path, redis: RedisServer) -> list[str]:
+    return ["--model", str(tiny_model), "--served-model-name", BASE, "--enforce-eager", "--cpu-kvcache-space-gib", "1",
+            "--dtype", "bfloat16", "--rate-limit-rpm", "0", "--rate-limit-tpm", "0", "--api-keys", KEY,
+            "--admin-api-keys", ADMIN, "--allow-runtime-lora", "--max-lora-rank", "8", "--max-loras", "2",
+            "--max-cpu-loras", "2", "--redis-url", redis.url]
 
 
 def models(replica: ServerProcess) -> set[str]:
@@ -93,3 +97,19 @@ def test_an_adapter_loaded_through_one_replica_answers_on_the_other_and_unloads_
     gone = completion(b, "support")
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
     assert "support" not in models(a)
+
+
+def test_a_replica_started_later_serves_the_recorded_adapters_once_ready(fleet, tiny_model, redis):
+    a, _ = fleet
+    path = ensure_tiny_lora(CACHE_DIR, tiny_model, seed=3)
+    r = httpx.post(a.base_url + "/v1/load_lora_adapter", headers=bearer(ADMIN), timeout=120,
+                   json={"lora_name": "recorded", "lora_path": str(path)})
+    assert r.status_code == 200 and r.json()["shared"] is True, r.text
+    late = ServerProcess(replica_args(tiny_model, redis)).wait_ready()
+    try:
+        assert "recorded" in models(late)  # applied before it turned ready: no wait
+        on_late = completion(late, "recorded")
+        assert on_late.status_code == 200, on_late.text
+        assert on_late.json()["choices"][0]["text"] == completion(a, "recorded").json()["choices"][0]["text"]
+    finally:
+        late.stop_in_background()
