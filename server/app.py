@@ -115,6 +115,8 @@ async def _load(state: ServerState, factory: EngineFactory, guard_factory: Guard
                 await state.moderator.check_fit(engine.info.max_model_len)
             if state.settings.lora_adapters:
                 await adapters.load_configured(state.settings, engine)
+            if state.shared_adapters is not None:
+                await state.shared_adapters.catch_up(engine)
             if state.settings.warm_up:
                 started = time.monotonic()
                 await engine.warm_up()
@@ -138,11 +140,17 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
         state = state_of(app)
         state.loader = asyncio.create_task(_load(state, engine_factory, guard_factory))
         state.lifecycle.start()
+        if state.shared_adapters is not None:
+            state.background.append(asyncio.create_task(state.shared_adapters.run(lambda: state.engine),
+                                                        name="llamaserve-adapter-sync"))
         try:
             yield
         finally:
             state.lifecycle.draining = True
             state.loader.cancel()
+            for task in state.background:
+                task.cancel()
+            await asyncio.gather(*state.background, return_exceptions=True)
             await state.lifecycle.stop()
             if state.engine is not None:
                 state.engine.shutdown()

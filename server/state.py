@@ -9,8 +9,10 @@ from fastapi import FastAPI, Request
 
 from engine.core import LlamaEngine
 from server.errors import APIError
+from server.fleet.adapters import SharedAdapters
 from server.fleet.link import RedisLink
 from server.fleet.rates import RedisBuckets
+from server.fleet.responses import RedisResponseStore
 from server.protection.lifecycle import Lifecycle
 from server.protection.limits import Limits
 from server.observe.metrics import Metrics
@@ -32,13 +34,17 @@ class ServerState:
     lifecycle: Lifecycle = field(init=False)
     fleet: RedisLink | None = field(init=False)  # the replicas' shared Redis, when one is set
     responses: ResponseStore = field(init=False)
+    shared_adapters: SharedAdapters | None = field(init=False)  # runtime LoRA adapters, with a fleet
 
     def __post_init__(self) -> None:
         protection = self.settings.protection
         url = self.settings.shared_state_url()
         self.fleet = RedisLink(url, self.settings.redis_timeout_s) if url else None
-        self.responses = MemoryResponseStore(self.settings.responses_store_max_count,
-                                             self.settings.responses_store_max_age_s)
+        bounds = (self.settings.responses_store_max_count, self.settings.responses_store_max_age_s)
+        self.responses = (RedisResponseStore(self.fleet, *bounds, deployment=self.settings.shared_state_name())
+                          if self.fleet else MemoryResponseStore(*bounds))
+        self.shared_adapters = (SharedAdapters(self.fleet, self.settings.adapter_sync_interval_s)
+                                if self.fleet and self.settings.allow_runtime_lora else None)
         self.limits = Limits(protection)
         if self.fleet is not None:
             self.metrics.registry.register(self.fleet.collector())

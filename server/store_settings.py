@@ -38,6 +38,9 @@ class StoreFields(BaseModel):
         5.0, gt=0, description="after a Redis call failed, seconds this replica's own rate buckets decide before "
         "Redis is tried again"
     )
+    adapter_sync_interval_s: float = Field(
+        1.0, gt=0, description="how often each replica checks the fleet's record of runtime LoRA adapters (seconds)"
+    )
 
     def shared_state_name(self) -> str:
         """The deployment's name in Redis keys (llamaserve:<name>:...)."""

@@ -17,6 +17,8 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 log = logging.getLogger("llamaserve.fleet")
 T = TypeVar("T")
@@ -30,8 +32,11 @@ class RedisLink:
     def __init__(self, url: str, timeout_s: float):
         self.url = url
         self.timeout_s = timeout_s
+        # One retry, on a new connection, of a call whose connection broke: after a Redis restart every pooled
+        # connection is the old server's, and each would otherwise fail one call before it is replaced.
         self.client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30)
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30,
+            retry=Retry(NoBackoff(), 1), retry_on_error=[aioredis.ConnectionError])
         self.down_since: float | None = None
         self.fallbacks: Counter[str] = Counter()
 
