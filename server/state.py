@@ -43,7 +43,8 @@ class ServerState:
         bounds = (self.settings.responses_store_max_count, self.settings.responses_store_max_age_s)
         self.responses = (RedisResponseStore(self.fleet, *bounds, deployment=self.settings.shared_state_name())
                           if self.fleet else MemoryResponseStore(*bounds))
-        self.shared_adapters = (SharedAdapters(self.fleet, self.settings.adapter_sync_interval_s)
+        self.shared_adapters = (SharedAdapters(self.fleet, self.settings.adapter_sync_interval_s,
+                                               self.settings.shared_state_name())
                                 if self.fleet and self.settings.allow_runtime_lora else None)
         self.limits = Limits(protection)
         if self.fleet is not None:

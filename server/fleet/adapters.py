@@ -1,7 +1,7 @@
 """Runtime LoRA adapters shared by the fleet: a load or unload through any replica's admin route is recorded in
 Redis, and every replica applies the recorded set within about one poll interval.
 
-The record is one hash per served model: `adapter:<name>` -> the operator's source and the revision that recorded
+The record is one hash per deployment: `adapter:<name>` -> the operator's source and the revision that recorded
 it, a `version` that every change raises, and an `epoch` set when the record is created. Each replica reads the two
 small fields every `adapter_sync_interval_s`, and the whole hash only when they moved; it then loads, through the
 same path as the admin route, every recorded adapter whose revision it has not applied (so each replica resolves
@@ -55,8 +55,8 @@ class Recorded:
     revision: int
 
 
-def record_key(model: str) -> str:
-    return "llamaserve:{adapters:" + model + "}"
+def record_key(deployment: str) -> str:
+    return "llamaserve:{" + deployment + ":adapters}"
 
 
 def parse_record(fields: dict[bytes, bytes]) -> tuple[str | None, dict[str, Recorded]]:
@@ -74,8 +74,9 @@ def parse_record(fields: dict[bytes, bytes]) -> tuple[str | None, dict[str, Reco
 class SharedAdapters:
     """This replica's side of the record: what it applied from it, and the admin calls that change it."""
 
-    def __init__(self, link: RedisLink, interval_s: float):
+    def __init__(self, link: RedisLink, interval_s: float, deployment: str | None = None):
         self.link = link
+        self.deployment = deployment  # the name the fleet's state is kept under; None: the served model's
         self.interval_s = interval_s
         self.epoch: str | None = None
         self.applied: dict[str, int] = {}  # adapter name -> the revision of the record applied here
@@ -120,7 +121,7 @@ class SharedAdapters:
             return True
 
     async def _record(self, engine: LlamaEngine, name: str, source: str) -> tuple[str, int]:
-        keys, args = [record_key(engine.info.name)], [name, source, uuid.uuid4().hex]
+        keys, args = [record_key(self.deployment or engine.info.name)], [name, source, uuid.uuid4().hex]
         epoch, revision = await self.link.call(lambda client: client.eval(_RECORD, 1, *keys, *args))
         return epoch.decode(), int(revision)
 
@@ -128,7 +129,7 @@ class SharedAdapters:
 
     async def sync(self, engine: LlamaEngine) -> None:
         """One poll: applies the record if it changed since the last one. RedisDown if Redis is away."""
-        key = record_key(engine.info.name)
+        key = record_key(self.deployment or engine.info.name)
         seen = tuple(await self.link.call(lambda client: client.hmget(key, "epoch", "version")))
         if seen == self._seen:
             return
