@@ -5,6 +5,7 @@ API's schemas (tests/deploy/crd_schemas/)."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import helm_python
@@ -245,3 +246,17 @@ def test_the_release_redis_is_reachable_by_its_serving_pods_only(clean_env):
 def test_redis_values_that_would_leak_or_conflict_are_refused(values, reason):
     with pytest.raises(helm_python.HelmError, match=reason):
         render(values)
+
+
+def test_the_guide_selects_the_serving_pods_for_the_picker_charts_pool():
+    """docs/DEPLOY.md's install of the picker chart's own pool: its matchLabels select this chart's serving pods."""
+    guide = (CHART.parents[1] / "docs" / "DEPLOY.md").read_text()
+    section = guide[guide.index("## Routing with the Inference Gateway"):guide.index("### Session affinity")]
+    labels = {key.replace("\\.", "."): value for key, value in
+              re.findall(r'matchLabels\."([^"]+)"=(\S+)', section)}
+    release = labels["app.kubernetes.io/instance"]
+    assert f"helm install {release} helm/llamaserve" in guide, "the pool selects the guide's own release"
+    manifests = helm_python.Chart.load(CHART).render({}, name=release, namespace="llm")
+    docs = [d for path, text in manifests.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+    pods = the(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert labels.items() <= pods.items()
