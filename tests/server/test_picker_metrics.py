@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -142,3 +143,10 @@ def test_the_session_hint_never_changes_an_answer(srv):
     assert [r.status_code for r in (plain, keyed, headed)] == [200, 200, 200], keyed.text
     texts = [r.json()["choices"][0]["text"] for r in (plain, keyed, headed)]
     assert texts[0] and texts == [texts[0]] * 3
+    # OpenAI's own client sends it as an argument of its own.
+    sdk = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", timeout=120)
+    chat = {"model": BASE, "messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 12,
+            "temperature": 0, "extra_body": {"ignore_eos": True}}
+    answers = [sdk.chat.completions.create(**chat).choices[0].message.content,
+               sdk.chat.completions.create(**chat, prompt_cache_key="conv-5f1c2a").choices[0].message.content]
+    assert answers[0] and answers[1] == answers[0]
