@@ -108,6 +108,7 @@ def test_picker_metrics_under_load_agree_with_what_is_in_flight(srv):
             if in_engine == STREAMS:
                 break
             assert time.monotonic() < deadline, f"{in_engine} of {STREAMS} streams reached the engine"
+            time.sleep(0.02)
         assert not any(s.done.is_set() for s in streams), "a stream ended before the scrape: raise STREAM_TOKENS"
         running = gauge(found, "vllm:num_requests_running")
         waiting = gauge(found, "vllm:num_requests_waiting")
