@@ -238,11 +238,12 @@ def test_the_release_redis_is_reachable_by_its_serving_pods_only(clean_env):
 @pytest.mark.parametrize("values, reason", [
     ({"redis": {"url": "redis://:hunter2@redis:6379/0"}}, "holds a password"),
     ({"redis": {"url": "rediss://fleet:hunter2@redis:6380/0"}}, "holds a password"),
+    ({"redis": {"url": "redis://redis:6379/0?password=hunter2"}}, "holds a password"),
     ({"redis": {"url": "redis://redis:6379/0", "existingSecret": "fleet-redis"}}, "set one of"),
     ({"redis": {"existingSecret": "fleet-redis", "deploy": {"enabled": True}}}, "set one of"),
     ({"settings": {"redis_url": "redis://redis:6379/0"}}, "redis_url"),
     ({"settings": {"redis_url_file": "/etc/redis/url"}}, "redis_url_file"),
-], ids=["password", "user-password", "url-and-secret", "secret-and-deploy", "settings-url", "settings-url-file"])
+], ids=["password", "user-password", "query-password", "url-and-secret", "secret-and-deploy", "settings-url", "settings-url-file"])
 def test_redis_values_that_would_leak_or_conflict_are_refused(values, reason):
     with pytest.raises(helm_python.HelmError, match=reason):
         render(values)

@@ -15,7 +15,8 @@
 {{- if gt $sources 1 -}}
 {{- fail "redis: set one of redis.url, redis.existingSecret and redis.deploy.enabled" -}}
 {{- end -}}
-{{- if and .url (regexMatch "^[a-z]+://[^/@]*:[^/@]*@" .url) -}}
+{{- /* user:password@host, or redis-py's ?password= */ -}}
+{{- if and .url (or (regexMatch "^[a-z]+://[^/@]*:[^/@]*@" .url) (regexMatch "[?&]password=" .url)) -}}
 {{- fail "redis.url holds a password: put the URL in a Secret and name it in redis.existingSecret" -}}
 {{- end -}}
 {{- end -}}
