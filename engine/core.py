@@ -7,6 +7,7 @@ Knows nothing about HTTP nor the API: it generates what an `engine.request.Gener
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -27,6 +28,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.executor import Executor
 
 from engine import adapters, best_of, engine_config, lifeline, outputs, processes, results
+from engine.adapter_activity import AdapterActivity
 from engine.beam_search import beam_search
 from engine.beam_steps import EngineSteps
 from engine.chat_encoding import ChatEncoder
@@ -76,6 +78,8 @@ class LlamaEngine:
         self.adapters = adapters.AdapterSet()
         self._lora_config = llm.vllm_config.lora_config  # None: LoRA is off
         self._base_layers = adapters.BaseLayers.of(llm.model_config.hf_config)
+        self.adapter_activity = (None if self._lora_config is None
+                                 else AdapterActivity(self._lora_config.max_loras, self._scheduled_per_adapter))
 
     # --- life cycle
 
@@ -124,6 +128,11 @@ class LlamaEngine:
 
     def num_unfinished_requests(self) -> int:
         return self._llm.get_num_unfinished_requests()
+
+    def _scheduled_per_adapter(self) -> dict[str, int]:
+        """vLLM's count of each adapter's scheduled, unfinished requests (its output processor's, from their steps)."""
+        states = self._llm.output_processor.lora_states.requests
+        return {name: len(stats.running) for name, stats in list(states.items())}
 
     # --- text and tokens
 
@@ -286,10 +295,13 @@ class LlamaEngine:
                         adapter: adapters.Adapter | None = None) -> AsyncIterator[RequestOutput]:
         if self._llm.errored:
             raise EngineUnavailable("the engine is not running")
+        held = (contextlib.nullcontext() if adapter is None or self.adapter_activity is None
+                else self.adapter_activity.holding(adapter.name, params.n))
         try:
-            async for out in self._llm.generate(tokens_input(prompt_ids), params, request_id,
-                                                lora_request=_lora_request(adapter)):
-                yield out
+            with held:
+                async for out in self._llm.generate(tokens_input(prompt_ids), params, request_id,
+                                                    lora_request=_lora_request(adapter)):
+                    yield out
         except (VLLMError, ValueError) as exc:
             raise engine_failure(exc, self._llm.errored) from exc
 

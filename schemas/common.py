@@ -13,6 +13,8 @@ INT64_MAX = 2**63 - 1
 LENGTH_PENALTY_LIMIT = 10.0
 # logit_bias keys are token ids in canonical decimal form: int() would also take "+5", " 5", "05" or "٥".
 TokenIdKey = Annotated[str, StringConstraints(pattern=r"^(0|[1-9][0-9]{0,9})$")]
+# A routing key, not text: long enough for a UUID or a hash of a user's or conversation's id.
+PROMPT_CACHE_KEY_MAX_CHARS = 256
 
 
 class StreamOptions(BaseModel):
@@ -63,6 +65,10 @@ class GenerationRequest(BaseModel):
     frequency_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = None
     seed: Annotated[int, Field(ge=-(2**63), le=INT64_MAX)] | None = None
     user: str | None = None
+    # OpenAI's prompt-cache routing hint: requests that share it share a prefix. It never reaches the engine, so it
+    # cannot change the output; the Inference Gateway's endpoint picker may read it from the body to keep a session
+    # on one replica (docs/DEPLOY.md, "Session affinity").
+    prompt_cache_key: Annotated[str, Field(max_length=PROMPT_CACHE_KEY_MAX_CHARS)] | None = None
     response_format: ResponseFormat | None = None
     logit_bias: dict[TokenIdKey, Annotated[Float, Field(ge=-100, le=100)]] | None = None
 

@@ -98,6 +98,9 @@ class Settings(EngineFields, StoreFields, BaseSettings):
         False, description="serve without API keys (only behind a gateway that authenticates, or for local use)"
     )
     metrics_require_key: bool = False
+    metrics_show_adapters: bool = Field(
+        False, description="every /metrics reader sees the series that name LoRA adapters (vllm:lora_requests_info): "
+        "the Inference Gateway's endpoint picker routes by them; otherwise only an admin key, with metrics_require_key")
     rate_limit_rpm: int = Field(1000, ge=0, description="requests per minute per key; 0 turns it off")
     rate_limit_tpm: int = Field(200_000, ge=0, description="tokens per minute per key; 0 turns it off")
     rate_limit_default_reserve_tokens: int = Field(
@@ -301,8 +304,9 @@ class Protection:
     stalled_send_grace_s: float
     # the drain (server/protection/lifecycle.py, server/sse.py)
     shutdown_grace_s: float
-    # whether /metrics needs a key (server/protection/security.py)
+    # whether /metrics needs a key (server/protection/security.py), and who sees the series naming adapters
     metrics_require_key: bool
+    metrics_show_adapters: bool
 
 
 def _group(group: type, settings: Settings) -> Any:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 
+from engine.adapter_activity import AdapterReading
 from engine.core import LlamaEngine
 from server.errors import APIError
 from server.fleet.adapters import SharedAdapters
@@ -54,6 +55,7 @@ class ServerState:
                               self.settings.rate_limit_fallback_s, lambda: link.fell_back("rate_limits"))
         self.lifecycle = Lifecycle(self.limits, protection.shutdown_grace_s, self._engine_is_dead)
         self.metrics.watch(self._readings)
+        self.metrics.watch_adapters(self._adapter_reading)
 
     @property
     def draining(self) -> bool:
@@ -68,6 +70,10 @@ class ServerState:
             *self.limits.readings(),
             ("llamaserve_engine_requests_in_flight", "requests the engine holds (running or waiting)", engine_in_flight),
         ]
+
+    def _adapter_reading(self) -> AdapterReading | None:
+        activity = None if self.engine is None or self.engine.is_dead else self.engine.adapter_activity
+        return None if activity is None else activity.reading()
 
     def ready_engine(self) -> LlamaEngine:
         """The engine, if it can take a request now; else the 503 that says why not."""

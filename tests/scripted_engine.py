@@ -29,6 +29,7 @@ class ScriptedEngine:
         self.is_dead = False
         self.warm_ups = 0
         self.adapters = AdapterSet()  # none loaded unless a test puts one
+        self.adapter_activity = None  # LoRA off unless a test sets one (engine/adapter_activity.py)
 
     # --- what the server calls
     def shutdown(self) -> None: ...

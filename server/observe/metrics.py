@@ -20,12 +20,18 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
+    from engine.adapter_activity import AdapterReading
     from engine.outputs import Step
     from server.observe.exchange import Exchange
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
+
+# vLLM's own series of this name leaves out adapters whose requests all wait (engine/adapter_activity.py): /metrics
+# shows the engine's reading in its place, as the endpoint picker reads it (one sample, valued with the time).
+LORA_INFO = "vllm:lora_requests_info"
+LORA_INFO_LABELS = ("max_lora", "waiting_lora_adapters", "running_lora_adapters")
 
 # Series that exist to name LoRA adapters (ours by `model`, vLLM's by its running and waiting lists): only an
 # admin reader sees them, since a tenant must not learn of another tenant's fine-tune.
@@ -51,6 +57,30 @@ class _WithoutAdapters:
 
     def _names_one(self, value: str) -> bool:
         return value in self._names or any(part in self._names for part in value.split(","))
+
+
+class _Without:
+    """A registry's families less those named."""
+
+    def __init__(self, registry: Collector, names: set[str]):
+        self._registry, self._names = registry, names
+
+    def collect(self) -> Iterable:
+        return (family for family in self._registry.collect() if family.name not in self._names)
+
+
+class _AdapterInfo:
+    def __init__(self, reading: Callable[[], AdapterReading | None]):
+        self._reading = reading
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        reading = self._reading()
+        if reading is None:  # LoRA off, or no engine
+            return
+        family = GaugeMetricFamily(LORA_INFO, "LoRA adapters with requests running or waiting in the engine; "
+                                   "the value is the time of the reading", labels=LORA_INFO_LABELS)
+        family.add_metric([str(reading.max_loras), ",".join(reading.waiting), ",".join(reading.running)], time.time())
+        yield family
 
 
 class _Gauges:
@@ -131,10 +161,14 @@ class Metrics:
         """Adds gauges computed at scrape time from (name, help, value) readings."""
         self.registry.register(_Gauges(readings))
 
+    def watch_adapters(self, reading: Callable[[], AdapterReading | None]) -> None:
+        """Shows the engine's adapter activity, read at scrape time, as vllm:lora_requests_info."""
+        self.registry.register(_AdapterInfo(reading))
+
     def render(self, hide_adapters: set[str] | None = None) -> bytes:
         """Every series; with `hide_adapters`, none that names an adapter (those names, or any adapter family)."""
         if hide_adapters is None:
-            return generate_latest(self.registry) + generate_latest(REGISTRY)
+            return generate_latest(self.registry) + generate_latest(_Without(REGISTRY, {LORA_INFO}))
         return (generate_latest(_WithoutAdapters(self.registry, hide_adapters))
                 + generate_latest(_WithoutAdapters(REGISTRY, hide_adapters)))
 

@@ -13,7 +13,8 @@ from server.routes.playground import STATIC
 from server.settings import Settings, load_settings
 
 # Request fields the form deliberately has no box for: the page fills them itself or leaves them to clients.
-NOT_IN_FORM = {"model", "messages", "prompt", "stream_options", "user", "suffix", "max_completion_tokens"}
+NOT_IN_FORM = {"model", "messages", "prompt", "stream_options", "user", "suffix", "max_completion_tokens",
+               "prompt_cache_key"}
 KEY = "playground-key-0123456789abcdefgh"
 FILES = ("playground.html", "playground.js", "playground.css")
 

@@ -15,11 +15,11 @@ TENANT, OTHER, ADMIN = "tenant-key-0123456789", "other-key-0123456789", "admin-k
 SECRET_PATH = "/srv/tenants/acme/beta-lora"
 
 
-def _views(metrics_require_key: bool) -> dict[str, dict[str, object]]:
+def _views(metrics_require_key: bool, metrics_show_adapters: bool = False) -> dict[str, dict[str, object]]:
     engine = ScriptedEngine()
     engine.adapters.put(Adapter("beta", 1, SECRET_PATH, SECRET_PATH, 8, None))
     cfg = settings(api_keys=f"{TENANT},{OTHER}", admin_api_keys=ADMIN, metrics_require_key=metrics_require_key,
-                   lora_access={TENANT: ["beta"]})
+                   metrics_show_adapters=metrics_show_adapters, lora_access={TENANT: ["beta"]})
 
     async def main():
         app_run = InProcess(engine, cfg)
@@ -64,6 +64,18 @@ def test_a_keyed_metrics_names_adapters_to_admin_keys_only(clean_env):
     assert admin.status_code == 200
     assert 'llamaserve_adapter_requests_total{model="beta"} 1.0' in admin.text
     assert 'running_lora_adapters="beta"' in admin.text
+
+
+def test_adapters_shown_on_metrics_reach_every_reader_as_the_endpoint_picker_reads_them(clean_env):
+    # The Inference Gateway's endpoint picker scrapes /metrics without a key and routes by the adapters that
+    # vllm:lora_requests_info names.
+    seen = _views(metrics_require_key=False, metrics_show_adapters=True)
+    for reader in ("none", "tenant", "other", "admin"):
+        resp = seen[reader]["metrics"]
+        assert resp.status_code == 200 and 'running_lora_adapters="beta"' in resp.text, reader
+        assert 'llamaserve_adapter_requests_total{model="beta"} 1.0' in resp.text, reader
+    # Adapters' paths on /v1/models stay for admin keys.
+    assert SECRET_PATH not in seen["tenant"]["models"].text
 
 
 def test_models_show_adapters_paths_to_admin_keys_only(clean_env):

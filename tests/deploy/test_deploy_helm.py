@@ -19,11 +19,14 @@ HARDWARE = yaml.safe_load((PRESETS / "hardware.yaml").read_text())
 K8S_VERSION = "1.30.0"
 PORT = Settings.model_fields["port"].default
 GPU = "nvidia.com/gpu"
-# Custom resources kubernetes-validate has no schema for; their key fields are checked by hand below.
+# Custom resources kubernetes-validate has no schema for; their key fields are checked by hand below, the Inference
+# Gateway's against the CRDs' schemas (tests/deploy/test_deploy_helm_fleet.py).
 CRDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
+    ("inference.networking.k8s.io/v1", "InferencePool"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
 }
 VALUES_FILES = sorted((CHART / "ci").glob("*.yaml"))
 
@@ -42,8 +45,9 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
 
 
 def pod_templates(docs: list[dict]) -> list[tuple[str, dict]]:
-    """(role, pod spec) for every pod the release runs."""
-    out = [("server", d["spec"]["template"]["spec"]) for d in by_kind(docs, "Deployment")]
+    """(role, pod spec) for every llamaserve pod the release runs (not the optional Redis pod)."""
+    out = [("server", d["spec"]["template"]["spec"]) for d in by_kind(docs, "Deployment")
+           if d["spec"]["template"]["metadata"]["labels"].get("llamaserve.io/role") == "server"]
     for lws in by_kind(docs, "LeaderWorkerSet"):
         tmpl = lws["spec"]["leaderWorkerTemplate"]
         out += [("server", tmpl["leaderTemplate"]["spec"]), ("worker", tmpl["workerTemplate"]["spec"])]
@@ -69,6 +73,7 @@ def test_example_values_files_cover_the_deployments_we_document():
         "autoscaling-values.yaml",
         "autoscaling-keda-values.yaml",
         "multinode-405b-values.yaml",
+        "fleet-values.yaml",
     } <= names
 
 
@@ -139,8 +144,18 @@ def test_env_matches_the_preset_it_names(case, clean_env):
         selector = hw["multi_node"]["k8s_node_selector"]
     else:
         selector = hw["k8s_node_selector"]
+    # What the fleet example sets beside the preset: runtime adapters, the Redis URL's file, adapter series for
+    # the endpoint picker.
+    if values.get("lora", {}).get("allowRuntime"):
+        expected.update(allow_runtime_lora=True, max_loras=values["lora"]["maxLoras"])
+    if values.get("redis", {}).get("existingSecret"):
+        expected.update(redis_url_file=Path("/etc/llamaserve/redis/url"))
+    if values.get("inferencePool", {}).get("enabled"):
+        expected.update(metrics_show_adapters=True)
     for role, spec in pod_templates(docs):
         got = rendered_settings(spec, clean_env).model_dump(exclude={"config"})
+        if role == "worker":
+            got.update(redis_url_file=expected["redis_url_file"])  # a Ray worker serves no HTTP, needs no Redis
         assert got == expected, role
         assert spec["nodeSelector"] == selector
 

@@ -16,8 +16,10 @@ from server.settings import Settings
 from tests.deploy.test_deploy_helm import CHART, VALUES_FILES, by_kind, pod_templates, render, rendered_settings, values_of
 
 # Settings the chart does not take under `settings`, each for a reason of its own: the keys come from the Secret,
-# host and port from containerPort (probes and the Service follow it), config is a file inside the image.
-NOT_CHART_SETTINGS = {"api_keys", "api_key_file", "admin_api_keys", "host", "port", "config"}
+# host and port from containerPort (probes and the Service follow it), config is a file inside the image, the Redis
+# URL from redis.* (by a Secret when it holds a password).
+NOT_CHART_SETTINGS = {"api_keys", "api_key_file", "admin_api_keys", "host", "port", "config", "redis_url",
+                      "redis_url_file"}
 # Settings whose validators accept only some values of their type.
 DOMAIN_VALUES = {
     "trusted_proxies": ["10.244.0.0/16", "fd00::/8"],

@@ -39,6 +39,9 @@ llamaserve.io/role: server
 {{- range $k := list "api_keys" "api_key_file" "admin_api_keys" -}}
 {{- if hasKey $s $k -}}{{- fail (printf "settings.%s: API keys go in the Secret (values: secret.*), never in plain env" $k) -}}{{- end -}}
 {{- end -}}
+{{- range $k := list "redis_url" "redis_url_file" -}}
+{{- if hasKey $s $k -}}{{- fail (printf "settings.%s: set redis.* instead (a URL with a password by a Secret)" $k) -}}{{- end -}}
+{{- end -}}
 {{- range $k := list "port" "host" -}}
 {{- if hasKey $s $k -}}{{- fail (printf "settings.%s: set containerPort instead; probes and the Service follow it" $k) -}}{{- end -}}
 {{- end -}}
@@ -51,6 +54,10 @@ llamaserve.io/role: server
 {{- $_ := set $s "max_lora_rank" .maxLoraRank -}}
 {{- if .maxCpuLoras -}}{{- $_ := set $s "max_cpu_loras" .maxCpuLoras -}}{{- end -}}
 {{- end -}}
+{{- end -}}
+{{- /* The endpoint picker scrapes /metrics without a key and routes by the adapters vLLM's series names. */ -}}
+{{- if and .Values.inferencePool.enabled (not (hasKey $s "metrics_show_adapters")) -}}
+{{- $_ := set $s "metrics_show_adapters" true -}}
 {{- end -}}
 {{- if .Values.multiNode.enabled -}}
 {{- $backend := get $s "distributed_executor_backend" | default "ray" -}}
@@ -118,6 +125,9 @@ llamaserve.io/role: server
 - name: LLAMASERVE_ALLOW_UNAUTHENTICATED
   value: "true"
 {{- end }}
+{{- if $server }}
+{{- include "llamaserve.redisEnv" . }}
+{{- end }}
 {{- if and $server .Values.lora.allowRuntime }}
 - name: LLAMASERVE_ADMIN_API_KEYS
   valueFrom:
@@ -173,6 +183,9 @@ llamaserve.io/role: server
       - key: {{ .Values.secret.apiKeysKey }}
         path: keys
 {{- end }}
+{{- if $server }}
+{{- include "llamaserve.redisVolumes" . }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -187,6 +200,9 @@ llamaserve.io/role: server
 - name: api-keys
   mountPath: {{ include "llamaserve.apiKeyDir" . }}
   readOnly: true
+{{- end }}
+{{- if $server }}
+{{- include "llamaserve.redisVolumeMounts" . }}
 {{- end }}
 {{- end }}
 {{- end -}}
@@ -317,6 +333,7 @@ lifecycle:
 
 {{/* Layouts that would install but never serve. */}}
 {{- define "llamaserve.checks" -}}
+{{- include "llamaserve.fleetChecks" . -}}
 {{- $cache := .Values.modelCache -}}
 {{- if and $cache.enabled (not $cache.existingClaim) (not (has "ReadWriteMany" $cache.accessModes)) -}}
 {{- $autoscaled := and .Values.autoscaling.enabled (gt (int .Values.autoscaling.maxReplicas) 1) -}}
