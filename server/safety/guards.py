@@ -108,6 +108,8 @@ def local_guard_options(settings: Settings, main: EngineOptions) -> EngineOption
         # The main model's draft model and vLLM arguments (its load format, its tokenizer...) are not the guard's.
         speculative_config=None,
         engine_args={},
+        # Its checks are spans of llamaserve's own (server/safety/moderation.py), not vLLM's.
+        otlp_traces_endpoint=None,
         chat_template=None,
         distributed_executor_backend=None,
         cpu_kvcache_space_gib=settings.guard_cpu_kvcache_space_gib or main.cpu_kvcache_space_gib,
