@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 Protocol = Literal["http/protobuf", "grpc"]
 
@@ -73,6 +73,14 @@ class TracingFields(BaseModel):
         2048, ge=1, description="finished spans held for export; when the collector is slow or down, more are dropped"
     )
     trace_export_timeout_s: float = Field(5, gt=0, description="time limit of one export to the collector")
+
+    @field_validator("otlp_traces_endpoint")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        """An empty endpoint (a chart's or deployment's placeholder) is no endpoint: OpenTelemetry's own variables
+        may still name one."""
+        value = (value or "").strip()
+        return value or _endpoint_from_env()
 
     @property
     def tracing(self) -> TracingSettings:

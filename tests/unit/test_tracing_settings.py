@@ -58,3 +58,10 @@ def test_llamaserves_own_settings_win(clean_env):
 def test_a_ratio_outside_zero_to_one_is_refused(clean_env):
     with pytest.raises(ValidationError, match="trace_sample_ratio"):
         Settings(trace_sample_ratio=1.5)
+
+
+def test_an_empty_endpoint_is_unset(clean_env):
+    clean_env.setenv("LLAMASERVE_OTLP_TRACES_ENDPOINT", "")
+    assert not Settings().tracing.enabled
+    clean_env.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://otel:4318/v1/traces")
+    assert Settings().tracing.endpoint == "http://otel:4318/v1/traces"
