@@ -105,6 +105,8 @@ def _child(tracer: Tracer, name: str, attributes: Mapping[str, Any] | None) -> I
 
 def annotate(attributes: Mapping[str, Any]) -> None:
     """Attributes on the current span (inside `span()`: that child), when it is recorded."""
+    if _tracer is None:
+        return
     current = trace.get_current_span()
     if current.is_recording():
         current.set_attributes({k: v for k, v in attributes.items() if v is not None})
