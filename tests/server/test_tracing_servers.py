@@ -66,6 +66,11 @@ def span_of(traceparent: str) -> str:
     return traceparent.split("-")[2]
 
 
+def is_request_span(span: ReceivedSpan) -> bool:
+    """llamaserve's SERVER span of a request (vLLM's llm_request is a SERVER span too)."""
+    return span.kind == SERVER and "gen_ai.operation.name" in span.attributes
+
+
 def one(spans: list[ReceivedSpan], name: str) -> ReceivedSpan:
     found = [s for s in spans if s.name == name]
     assert len(found) == 1, (name, [s.name for s in spans])
@@ -135,7 +140,7 @@ def test_refused_requests_have_spans_with_their_error_and_a_streams_span_ends_wi
 
     def servers(spans):
         wanted = {trace for trace, _ in refused.values()} | {stream_trace}
-        found = {s.trace_id: s for s in spans if s.kind == SERVER and s.trace_id in wanted}
+        found = {s.trace_id: s for s in spans if is_request_span(s) and s.trace_id in wanted}
         return found if len(found) == len(wanted) else None
 
     found = receiver.wait_for(servers)
@@ -151,6 +156,22 @@ def test_refused_requests_have_spans_with_their_error_and_a_streams_span_ends_wi
     # a loaded machine), and after the refusal that came while it ran.
     assert span.end_ns <= stream_done_ns + 1_000_000_000
     assert span.end_ns >= found[refused[429][0]].end_ns
+
+
+def test_a_beam_search_records_its_steps_and_each_steps_engine_request_in_its_trace(server, receiver):
+    body = {"prompt": "once upon", "use_beam_search": True, "best_of": 2, "temperature": 0, "max_tokens": 5,
+            "ignore_eos": True}
+    reply = httpx.post(server.base_url + "/v1/completions", json=body, headers={"authorization": f"Bearer {KEY}"},
+                       timeout=60)
+    assert reply.status_code == 200
+    trace = trace_of(reply.headers["traceparent"])
+    server_span = receiver.wait_for(
+        lambda spans: next((s for s in spans if s.trace_id == trace and is_request_span(s)), None))
+    steps = [attrs for name, attrs in server_span.events if name == "beam_step"]
+    assert [s["beam.step"] for s in steps] == [1, 2, 3, 4, 5] and all(s["beam.live"] == 2 for s in steps[1:])
+    assert server_span.attributes["llamaserve.generation_mode"] == "beam"
+    engine = [s for s in receiver.of_trace(trace) if s.name == "llm_request"]
+    assert engine and all(s.parent_id == server_span.span_id for s in engine)
 
 
 def _latencies(client, n: int) -> list[float]:
