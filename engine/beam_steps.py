@@ -127,8 +127,9 @@ class EngineSteps:
             # The normal path once per length: it validates and resolves the parameters against the model.
             template = self._llm.input_processor.process_inputs(
                 request_id, tokens_input(self._prompt), self._params_for(tokens),
-                supported_tasks=await self._llm.get_supported_tasks(), trace_headers=self._trace_headers,
+                supported_tasks=await self._llm.get_supported_tasks(),
                 **({"lora_request": self._lora_request} if self._lora_request is not None else {}),
+                **({"trace_headers": self._trace_headers} if self._trace_headers is not None else {}),
             )
             self._templates[tokens] = template
         request = msgspec.structs.replace(
