@@ -63,6 +63,11 @@ def attach(scope: Scope, exchange: Exchange) -> None:
     scope[_SCOPE_KEY] = exchange
 
 
+def exchange_in(scope: Scope) -> Exchange | None:
+    """The scope's exchange, or None outside the request context middleware."""
+    return scope.get(_SCOPE_KEY)
+
+
 def exchange_of_scope(scope: Scope) -> Exchange:
     return scope[_SCOPE_KEY]
 

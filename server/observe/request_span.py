@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.observe.exchange import Exchange, exchange_of_scope
+from server.observe.exchange import exchange_in
 from server.observe.tracing import PROPAGATOR, failed
 
 PROVIDER = "llamaserve"
@@ -117,7 +117,7 @@ def _request_attributes(scope: Scope, operation: str, headers: Headers) -> dict[
 
 
 def _finish(span: Any, operation: str, scope: Scope, response: _Response) -> None:
-    exchange: Exchange | None = scope.get("llamaserve.exchange") and exchange_of_scope(scope)
+    exchange = exchange_in(scope)
     status = response.status or 500
     if exchange is not None and exchange.client_gone and not exchange.completed:
         status = 499  # as the access log counts it: the client left before the response ended

@@ -10,6 +10,7 @@ import httpx
 
 from engine.guard_format import GuardFit, GuardReply
 from server.models.model_source import under_azure_dir
+from server.observe import tracing
 
 if TYPE_CHECKING:
     from engine.core import EngineOptions
@@ -48,7 +49,8 @@ class RemoteGuard:
     async def classify(self, turns: list[dict[str, str]]) -> GuardReply:
         body = {"messages": turns, "max_tokens": 48, "temperature": 0}
         try:
-            reply = await self._client.post("/v1/chat/completions", json=body)
+            # The check's trace context: a traced guard server's span joins the request's trace under this check.
+            reply = await self._client.post("/v1/chat/completions", json=body, headers=tracing.carrier())
         except httpx.HTTPError as exc:
             raise GuardUnavailable(f"the guard at {self._client.base_url} is unreachable: {type(exc).__name__}") from exc
         if reply.status_code in _REFUSING_STATUSES:

@@ -14,6 +14,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from server.app import create_app
 from server.protection.security import key_id
+from server.safety.guards import RemoteGuard
 from server.settings import Settings
 from server.state import state_of
 from tests.probes import sse_events
@@ -178,6 +179,26 @@ def test_each_guard_check_is_a_span_with_its_verdict_and_categories():
     assert all(servers[c.context.trace_id].context.span_id == c.parent.span_id for c in checks)
     blocked_span = next(s for s in servers.values() if s.attributes["http.response.status_code"] == 400)
     assert blocked_span.attributes["error.type"] == "content_filter"
+
+
+def test_a_remote_guards_check_carries_the_checks_trace_context():
+    seen: list[str | None] = []
+
+    def guard_server(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("traceparent"))
+        return httpx.Response(200, json={"choices": [{"message": {"content": "safe"}}], "usage": {"total_tokens": 5}})
+
+    guard = RemoteGuard("http://guard.invalid", None, 5)
+    guard._client = httpx.AsyncClient(transport=httpx.MockTransport(guard_server), base_url="http://guard.invalid")
+
+    async def scenario(client):
+        return await client.post("/chat/completions", json=chat("say hi"), headers={"traceparent": TRACEPARENT})
+
+    reply, spans = run(scenario)(guarded_settings(guard_check="prompt"), WordEngine(), guard)
+    assert reply.status_code == 200
+    [check] = by_name(spans, "guard")
+    # The guard server's own span would join this trace under the check.
+    assert seen == [f"00-{TRACE_ID}-{check.context.span_id:016x}-01"]
 
 
 def test_grammar_building_is_a_span():

@@ -65,3 +65,19 @@ def test_an_empty_endpoint_is_unset(clean_env):
     assert not Settings().tracing.enabled
     clean_env.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://otel:4318/v1/traces")
     assert Settings().tracing.endpoint == "http://otel:4318/v1/traces"
+
+
+def test_the_protocol_picks_the_exporter(clean_env):
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    from server.observe.tracing import _otlp_exporter
+
+    grpc = _otlp_exporter(Settings(otlp_traces_endpoint="http://c:4317", otlp_traces_protocol="grpc").tracing)
+    http = _otlp_exporter(Settings(otlp_traces_endpoint="http://c:4318/v1/traces").tracing)
+    try:
+        assert isinstance(grpc, GrpcExporter) and isinstance(http, HttpExporter)
+        assert http._endpoint == "http://c:4318/v1/traces"
+    finally:
+        grpc.shutdown()
+        http.shutdown()
