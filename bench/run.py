@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.run            # full matrix, ~15 min on 2 cores
     .venv/bin/python -m bench.run --quick    # the targets' scenarios only, ~4 min
     .venv/bin/python -m bench.run --model smollm2 --quick    # on real weights (SmolLM2-135M-Instruct)
-    .venv/bin/python -m bench.run --tracing  # llamaserve with tracing off against tracing every request (bench/tracing.py)
+    .venv/bin/python -m bench.run --tracing  # tracing off against tracing every request (bench/tracing.py)
 
 Starts llamaserve and vLLM's server (both stay up; an idle one uses ~1% of a core) and drives them from a separate
 load-generator process (bench.loadgen), each scenario on both back to back, alternating which goes first. Prints one table of ratios (llamaserve / vLLM), whether each target is met, and saves the raw
