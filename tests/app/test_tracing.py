@@ -240,3 +240,19 @@ def test_tracing_off_adds_no_header_and_gives_the_engine_no_context(clean_env):
     reply = asyncio.run(main())
     assert reply.status_code == 200 and "traceparent" not in reply.headers
     assert engine.trace_headers == [None]
+
+
+def test_the_sample_ratio_decides_for_new_traces_and_the_caller_for_its_own():
+    async def scenario(client):
+        fresh = await client.post("/v1/chat/completions", json=chat())
+        continued = await client.post("/v1/chat/completions", json=chat(), headers={"traceparent": TRACEPARENT})
+        return fresh, continued
+
+    (fresh, continued), spans = run(scenario)(settings(trace_sample_ratio=0))
+    assert int(fresh.headers["traceparent"].split("-")[3], 16) & 1 == 0  # not sampled, yet a context to follow
+    assert {f"{s.context.trace_id:032x}" for s in spans} == {TRACE_ID}  # only the sampled caller's trace
+    assert trace_of_response(continued) == TRACE_ID and server_spans(spans)
+
+
+def trace_of_response(reply: httpx.Response) -> str:
+    return reply.headers["traceparent"].split("-")[1]
