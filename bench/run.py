@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.run            # full matrix, ~15 min on 2 cores
     .venv/bin/python -m bench.run --quick    # the targets' scenarios only, ~4 min
     .venv/bin/python -m bench.run --model smollm2 --quick    # on real weights (SmolLM2-135M-Instruct)
+    .venv/bin/python -m bench.run --tracing  # tracing off against tracing every request (bench/tracing.py)
 
 Starts llamaserve and vLLM's server (both stay up; an idle one uses ~1% of a core) and drives them from a separate
 load-generator process (bench.loadgen), each scenario on both back to back, alternating which goes first. Prints one table of ratios (llamaserve / vLLM), whether each target is met, and saves the raw
@@ -188,12 +189,13 @@ def results_stem(model: str, quick: bool) -> str:
     return "results" + ("" if model == "tiny" else f"-{model}") + ("-quick" if quick else "")
 
 
-def llamaserve_server(cache_dir: Path, log_dir: Path, model: str, extra: list[str]) -> Server:
+def llamaserve_server(cache_dir: Path, log_dir: Path, model: str, extra: list[str],
+                      name: str = "llamaserve") -> Server:
     port = free_port()
     argv = [PYTHON, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--model-cache-dir", str(cache_dir), "--model", model, "--max-model-len", str(MAX_MODEL_LEN),
             "--rate-limit-rpm", "0", "--rate-limit-tpm", "0", "--allow-unauthenticated", *extra]
-    return Server("llamaserve", argv, {}, port, log_dir)
+    return Server(name, argv, {}, port, log_dir)
 
 
 def vllm_server(model_dir: Path, served_name: str, log_dir: Path, tool_parser: bool) -> Server:
@@ -248,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave out scenarios above this concurrency (the real model at c128 outlasts the drain "
                              "on a loaded 2-core machine)")
     parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument("--tracing", action="store_true",
+                        help="instead: llamaserve with tracing off against tracing every request (bench/tracing.py)")
     args = parser.parse_args(argv)
     groups = default_groups(args.model) if args.groups is None else tuple(
         g.strip() for g in args.groups.split(",") if g.strip())
@@ -272,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "scenarios": scenarios(args.quick, apis, groups, args.max_concurrency),
     }
+    if args.tracing:
+        return _tracing_bench(args, plan)
     started = time.monotonic()
     ready: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="llamaserve-bench-") as tmp:
@@ -347,6 +353,27 @@ def main(argv: list[str] | None = None) -> int:
             png = save_chart(report, args.out_dir / f"{stem.replace('results', 'chart', 1)}.png")
             print(f"chart: {png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}")
     print(f"elapsed: {report['meta']['elapsed_s']:.0f}s")
+    return 0
+
+
+def _tracing_bench(args: argparse.Namespace, plan: dict[str, Any]) -> int:
+    from bench import tracing
+
+    with tempfile.TemporaryDirectory(prefix="llamaserve-bench-") as tmp:
+        work = Path(tmp)
+        report = tracing.run(args, lambda name, flags: llamaserve_server(args.cache_dir, work, args.model, flags, name),
+                             drive, plan, work)
+    report["meta"] = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git": git_rev(),
+                      "label": args.label, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                      "plan": {k: v for k, v in plan.items() if k != "scenarios"}}
+    print("\ntracing off vs on (sampling 1.0): the API process's CPU")
+    print(tracing.format_rows(report["tracing"]))
+    print(f"tracing off: {report['off_cost_ns_per_step']:.0f} ns per traced step; "
+          f"on: {report['exports']} exports, {report['exported_bytes'] / 1024:.0f} KiB")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / f"tracing-{args.model}.json"
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(f"raw results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
 
 

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+
 
 @dataclass(slots=True)
 class Beam:
@@ -50,7 +52,8 @@ async def beam_search(
     """
     live = [Beam()]
     done: list[Beam] = []
-    for _ in range(max_tokens):
+    span = trace.get_current_span()  # the request's, when it is traced: one event per step
+    for step_no in range(max_tokens):
         results = await step([b.tokens for b in live])
         candidates: list[tuple[float, int, int, dict[int, Any]]] = []
         for i, (beam, alternatives) in enumerate(zip(live, results)):
@@ -63,6 +66,9 @@ async def beam_search(
         # nlargest is stable (as sorted(..., reverse=True)[:width]), so equal scores keep candidate order.
         best = heapq.nlargest(width, candidates, key=_cum)
         live = [Beam(live[i].tokens + [t], live[i].steps + [alts], cum) for cum, i, t, alts in best]
+        if span.is_recording():
+            span.add_event("beam_step", {"beam.step": step_no + 1, "beam.live": len(live), "beam.finished": len(done),
+                                         "beam.best_cumulative_logprob": live[0].cum_logprob if live else 0.0})
         if not live or (early_stopping and len(done) >= width):
             break
     done.extend(live)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -66,8 +66,9 @@ class EngineSteps:
 
     def __init__(self, llm: AsyncLLM, prompt_ids: list[int], params_for: Callable[[int], SamplingParams],
                  *, request_id: str, max_tokens: int, lookahead: int = DEFAULT_LOOKAHEAD,
-                 lora_request: Any = None):
+                 lora_request: Any = None, trace_headers: Mapping[str, str] | None = None):
         self._llm = llm
+        self._trace_headers = trace_headers  # every step's request joins the search's trace
         self._lora_request = lora_request  # every step runs on the request's LoRA adapter, if any
         self._prompt = prompt_ids
         self._params_for = params_for
@@ -128,6 +129,7 @@ class EngineSteps:
                 request_id, tokens_input(self._prompt), self._params_for(tokens),
                 supported_tasks=await self._llm.get_supported_tasks(),
                 **({"lora_request": self._lora_request} if self._lora_request is not None else {}),
+                **({"trace_headers": self._trace_headers} if self._trace_headers is not None else {}),
             )
             self._templates[tokens] = template
         request = msgspec.structs.replace(

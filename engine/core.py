@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,8 @@ _STOP_TIMEOUT_S = 1.0
 _OFFLOAD_CHARS = 20_000
 _OFFLOAD_MESSAGES = 256
 T = TypeVar("T")
+# A valid W3C context with the sampled flag off (trace and span ids are arbitrary non-zero ids).
+_UNSAMPLED = {"traceparent": "00-00000000000000000000000000000001-0000000000000001-00"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class LlamaEngine:
         self._base_layers = adapters.BaseLayers.of(llm.model_config.hf_config)
         self.adapter_activity = (None if self._lora_config is None
                                  else AdapterActivity(self._lora_config.max_loras, self._scheduled_per_adapter))
+        self._tracing = llm.vllm_config.observability_config.otlp_traces_endpoint is not None
 
     # --- life cycle
 
@@ -88,6 +91,10 @@ class LlamaEngine:
         if options.cpu_kvcache_space_gib is not None:
             # Read by vLLM's CPU backend in the engine process it spawns.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(options.cpu_kvcache_space_gib)
+        if options.otlp_traces_endpoint is not None:
+            # vLLM picks its exporters' transport from this variable (gRPC when unset), here and in its engine
+            # processes.
+            os.environ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = options.otlp_traces_protocol
         args = engine_config.engine_args(options)
         lifeline.install()  # engine processes die with this one, however it ends
         # AsyncLLM.from_engine_args, split so the start method is set after the config (which resets it on CPU).
@@ -111,6 +118,14 @@ class LlamaEngine:
             tool_call_format=detect_tool_format(model_config.hf_config, chat_template or getattr(tokenizer, "chat_template", None)),
         )
         return cls(llm, info, chat_template)
+
+    def _traced(self, trace_headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+        """The trace context vLLM's span joins. With tracing on in vLLM every request gets a span, one without a
+        context a trace of its own: such requests (the warm-up, a caller that traces nothing) carry an unsampled
+        context instead, so that vLLM records nothing for them."""
+        if not self._tracing:
+            return None
+        return trace_headers or _UNSAMPLED
 
     def shutdown(self) -> None:
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
@@ -224,7 +239,7 @@ class LlamaEngine:
         params = to_sampling_params(gen, stream=True)
         prompt = outputs.PromptInfo(token_ids=prompt_ids)
         completion_tokens = 0
-        async for out in self._generate(prompt_ids, params, request_id, gen.adapter):
+        async for out in self._generate(prompt_ids, params, request_id, gen.adapter, gen.trace_headers):
             choices = [results.choice(c, self._tokenizer, self._token_bytes) for c in out.outputs]
             completion_tokens += sum(len(c.token_ids) for c in choices)
             if out.prompt_logprobs is not None and prompt.logprobs is None:
@@ -237,7 +252,7 @@ class LlamaEngine:
             return await self._beam_search(prompt_ids, gen, request_id)
         params = to_sampling_params(gen, stream=False)
         final: RequestOutput | None = None
-        async for out in self._generate(prompt_ids, params, request_id, gen.adapter):
+        async for out in self._generate(prompt_ids, params, request_id, gen.adapter, gen.trace_headers):
             final = out
         assert final is not None and final.finished
         candidates = final.outputs
@@ -269,7 +284,7 @@ class LlamaEngine:
         stop_ids = set(gen.stop_token_ids) | (set() if gen.ignore_eos else self._eos_ids)
         steps = EngineSteps(self._llm, prompt_ids, lambda tokens: beam_step_params(gen, tokens),
                             request_id=request_id, max_tokens=gen.max_tokens,
-                            lora_request=_lora_request(gen.adapter))
+                            lora_request=_lora_request(gen.adapter), trace_headers=self._traced(gen.trace_headers))
         try:
             beams = await beam_search(steps, width=beam.width, max_tokens=gen.max_tokens, stop_ids=stop_ids,
                                       length_penalty=beam.length_penalty, early_stopping=beam.early_stopping)
@@ -292,7 +307,8 @@ class LlamaEngine:
         return outputs.Step(choices, outputs.PromptInfo(prompt_ids), steps.generated_tokens, finished=True)
 
     async def _generate(self, prompt_ids: list[int], params: Any, request_id: str,
-                        adapter: adapters.Adapter | None = None) -> AsyncIterator[RequestOutput]:
+                        adapter: adapters.Adapter | None = None,
+                        trace_headers: Mapping[str, str] | None = None) -> AsyncIterator[RequestOutput]:
         if self._llm.errored:
             raise EngineUnavailable("the engine is not running")
         held = (contextlib.nullcontext() if adapter is None or self.adapter_activity is None
@@ -300,7 +316,8 @@ class LlamaEngine:
         try:
             with held:
                 async for out in self._llm.generate(tokens_input(prompt_ids), params, request_id,
-                                                    lora_request=_lora_request(adapter)):
+                                                    lora_request=_lora_request(adapter),
+                                                    trace_headers=self._traced(trace_headers)):
                     yield out
         except (VLLMError, ValueError) as exc:
             raise engine_failure(exc, self._llm.errored) from exc

@@ -50,6 +50,7 @@ OWNED_ARGS = {
     "max_cpu_loras": "the max_cpu_loras setting",
     "generation_config": "llamaserve (sampling defaults come from the API contract, not the checkpoint)",
     "disable_log_stats": "llamaserve (the engine's metrics feed /metrics)",
+    "otlp_traces_endpoint": "the otlp_traces_endpoint setting",
 }
 
 
@@ -98,6 +99,7 @@ def engine_args(options: EngineOptions) -> AsyncEngineArgs:
         # Sampling defaults come from the API contract, not from the checkpoint's generation_config.
         generation_config="vllm",
         disable_log_stats=options.disable_log_stats,
+        otlp_traces_endpoint=options.otlp_traces_endpoint,
     )
     # Unset: vLLM's own default (a default factory or a class constant), as `vllm serve` without the flag.
     if options.gpu_memory_utilization is not None:

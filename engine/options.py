@@ -41,6 +41,9 @@ class EngineOptions:
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
     disable_log_stats: bool = False  # the guard engine: its vllm:* series would double the main engine's
+    # vLLM's own span per request (`llm_request`), exported here; None: vLLM traces nothing.
+    otlp_traces_endpoint: str | None = None
+    otlp_traces_protocol: str = "http/protobuf"
     process_start_method: processes.StartMethod = "auto"  # how EngineCore and its workers start (engine/processes.py)
     # Any other argument of vLLM's engine (AsyncEngineArgs), by its name: what `vllm serve --NAME` would set.
     engine_args: Mapping[str, Any] = field(default_factory=dict)

@@ -66,3 +66,5 @@ class GenerationInput:
     pass_through: Mapping[str, Any] = field(default_factory=dict)
     adapter: Adapter | None = None  # the LoRA adapter to generate with; None: the base model
     beam: BeamParameters | None = None  # set exactly when mode is beam
+    # W3C trace context (traceparent, tracestate) the engine's own span joins; None: the request is not traced.
+    trace_headers: Mapping[str, str] | None = None

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from server.adapter_settings import lora_enabled
 from server.protection.content_type import JsonBodyMiddleware
 from server.protection.lifecycle import MODEL_LOAD_EXIT_CODE
 from server.protection.limits import BodyLimitMiddleware
+from server.observe import tracing
 from server.observe.access_log import RequestContextMiddleware
+from server.observe.request_span import RequestSpanMiddleware
 from server.protection.security import ApiKeyMiddleware, KeyRing, load_key_source, warn_if_open
 from schemas import ChatCompletionRequest, CompletionRequest
 from schemas.adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
@@ -76,6 +79,8 @@ def engine_options(settings: Settings) -> EngineOptions:
         max_loras=e.max_loras,
         max_lora_rank=e.max_lora_rank,
         max_cpu_loras=e.max_cpu_loras,
+        otlp_traces_endpoint=settings.tracing.endpoint,
+        otlp_traces_protocol=settings.tracing.protocol,
     )
 
 
@@ -134,7 +139,11 @@ async def _load(state: ServerState, factory: EngineFactory, guard_factory: Guard
 
 
 def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
-               guard_factory: GuardFactory = start_configured_guard) -> FastAPI:
+               guard_factory: GuardFactory = start_configured_guard, span_exporter: Any = None) -> FastAPI:
+    """`span_exporter`: where spans go instead of the OTLP endpoint (tests), which turns tracing on."""
+    # Before the engine starts: vLLM records its spans through the global tracer provider this sets.
+    traces = tracing.start(settings.tracing, span_exporter)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = state_of(app)
@@ -160,11 +169,15 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
                 await state.limits.shared.finish()
             if state.fleet is not None:
                 await state.fleet.close()
+            if traces is not None:
+                await asyncio.to_thread(traces.shutdown)  # the last spans go out, within the export timeout
 
     app = FastAPI(title="llamaserve", version="0.1.0", lifespan=lifespan)
     app.state.llama = ServerState(settings=settings)
     errors.install(app)
     _protect(app, app.state.llama)
+    if traces is not None:
+        app.add_middleware(RequestSpanMiddleware, tracer=traces.tracer)  # outermost: it sees refusals too
     app.include_router(meta.router)
     app.include_router(metrics.router)
     app.include_router(generate.router)

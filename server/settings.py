@@ -38,6 +38,7 @@ from engine.tool_format import TOOL_CALL_FORMATS
 from server import adapter_settings
 from server.engine_settings import EngineFields, EngineSettings
 from server.store_settings import StoreFields
+from server.tracing_settings import TracingFields
 
 ENV_PREFIX = "LLAMASERVE_"
 # Kubernetes' service links give every pod <SERVICE>_PORT=tcp://10.0.0.1:8000 for each Service in its namespace,
@@ -56,7 +57,7 @@ class _EnvSource(EnvSettingsSource):
         return values
 
 
-class Settings(EngineFields, StoreFields, BaseSettings):
+class Settings(EngineFields, StoreFields, TracingFields, BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     config: Path | None = Field(None, description="YAML settings file (lower precedence than env and flags)")

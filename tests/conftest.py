@@ -265,11 +265,12 @@ atexit.register(pytest_sessionfinish, None, None)
 
 @pytest.fixture()
 def clean_env(monkeypatch):
-    """No LLAMASERVE_* variables from the caller's shell, so settings come only from what the test gives."""
+    """No LLAMASERVE_* (nor OpenTelemetry's OTEL_*) variables from the caller's shell, so settings come only from
+    what the test gives."""
     from server.settings import ENV_PREFIX
 
     for key in list(os.environ):
-        if key.startswith(ENV_PREFIX):
+        if key.startswith((ENV_PREFIX, "OTEL_")):
             monkeypatch.delenv(key)
     return monkeypatch
 

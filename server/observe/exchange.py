@@ -35,6 +35,7 @@ class Exchange:
     completion_tokens: int | None = None
     prompt: list[str] | None = None
     output: list[str] | None = None
+    finish_reasons: list[str] = field(default_factory=list)  # a generation's choices' finish reasons, as they end
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     completed: bool = False  # the response's last byte was sent
     client_gone: bool = False  # the client disconnected before that
@@ -60,6 +61,11 @@ class Exchange:
 
 def attach(scope: Scope, exchange: Exchange) -> None:
     scope[_SCOPE_KEY] = exchange
+
+
+def exchange_in(scope: Scope) -> Exchange | None:
+    """The scope's exchange, or None outside the request context middleware."""
+    return scope.get(_SCOPE_KEY)
 
 
 def exchange_of_scope(scope: Scope) -> Exchange:

@@ -202,6 +202,7 @@ class RequestMetrics:
             self._last = now
             self._per_prompt[prompt_index] = step.completion_tokens
             self._exchange.completion_tokens = (self._exchange.completion_tokens or 0) + new_tokens
+        self._exchange.finish_reasons += [c.finish_reason for c in step.choices if c.finish_reason is not None]
         if self._texts is not None:
             for c in step.choices:
                 self._texts.setdefault((prompt_index, c.index), []).append(c.text)
@@ -209,6 +210,7 @@ class RequestMetrics:
     def full(self, steps: list[Step]) -> None:
         self._exchange.completion_tokens = sum(s.completion_tokens for s in steps)
         self._cached = {p: s.cached_tokens for p, s in enumerate(steps)}
+        self._exchange.finish_reasons = [c.finish_reason for s in steps for c in s.choices if c.finish_reason]
         if self._texts is not None:
             for p, s in enumerate(steps):
                 for c in s.choices:

@@ -18,6 +18,7 @@ from engine.core import LlamaEngine
 from schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from schemas.chat import template_messages
 from server.models import adapters
+from server.observe import tracing
 from server.pipeline import render
 from server.pipeline.job import Job
 from server.pipeline.structured import structured_output
@@ -51,11 +52,13 @@ async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings
     messages = tools.for_template(chat, fmt)
     chars = sum(len(m["content"]) for m in messages)
     check_prompt_chars(chars, limits, "messages")
-    await admission.admit_prompts(chars, 0, req.max_tokens, choices.candidates)
+    with tracing.span("admission"):
+        await admission.admit_prompts(chars, 0, req.max_tokens, choices.candidates)
     # No `tools` at all without tools: an empty list is not `none` to Llama 3.1's template, which would add its
     # tool-calling preamble to the prompt.
     with_tools = {"tools": tool_plan.template_tools} if tool_plan else {}
-    prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars, **with_tools)
+    with tracing.span("template", {"llamaserve.messages": len(messages)}):
+        prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars, **with_tools)
     admission.count_prompts(len(prompt))
     shape = await structured_output(req, tool_plan.schema if tool_plan else None, settings.grammar_timeout_s)
     gen = validate(req, limits, model, [prompt], structured_output=shape, adapter=adapter, choices=choices)
@@ -77,8 +80,10 @@ async def prepare_completion(req: CompletionRequest, engine: LlamaEngine, settin
     chars = sum(len(p) for p in given if isinstance(p, str))
     check_prompt_chars(chars, limits, "prompt")
     token_ids = sum(len(p) for p in given if not isinstance(p, str))
-    await admission.admit_prompts(chars, token_ids, req.max_tokens, choices.candidates * len(given))
-    prompts = [await engine.encode_text(p) if isinstance(p, str) else p for p in given]
+    with tracing.span("admission"):
+        await admission.admit_prompts(chars, token_ids, req.max_tokens, choices.candidates * len(given))
+    with tracing.span("tokenize", {"llamaserve.prompts": len(given)}):
+        prompts = [await engine.encode_text(p) if isinstance(p, str) else p for p in given]
     admission.count_prompts(sum(len(p) for p in prompts))
     shape = await structured_output(req, None, settings.grammar_timeout_s)
     gen = validate(req, limits, model, prompts, structured_output=shape, adapter=adapter, choices=choices)

@@ -19,6 +19,7 @@ from engine.request import StructuredOutput
 from schemas import GenerationRequest
 from schemas.json_depth import MAX_JSON_DEPTH, value_depth
 from server.errors import APIError, InvalidParameter
+from server.observe import tracing
 
 # OpenAI's limits on structured-output schemas.
 MAX_PROPERTIES = 5000  # object properties, in total
@@ -110,8 +111,15 @@ async def structured_output(req: GenerationRequest, tool_schema: dict[str, Any] 
 
 
 async def _build(schema: dict[str, Any], param: str, timeout_s: float) -> str:
+    with tracing.span("structured_output.grammar", {"llamaserve.grammar.for": param}):
+        return await _cached_or_built(schema, param, timeout_s)
+
+
+async def _cached_or_built(schema: dict[str, Any], param: str, timeout_s: float) -> str:
     key = (param, json.dumps(schema, separators=(",", ":")))
-    if key in _GRAMMARS:
+    cached = key in _GRAMMARS
+    tracing.annotate({"llamaserve.grammar.cached": cached})
+    if cached:
         _GRAMMARS.move_to_end(key)
         return _GRAMMARS[key]
     grammar = await _build_in_a_worker(schema, param, timeout_s)

@@ -10,6 +10,7 @@ then too, or before a full response starts, so that its x-ratelimit-* headers sh
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,6 +21,7 @@ from engine.errors import EngineError
 from schemas import ChatCompletionRequest, CompletionRequest
 from server import sse
 from server.errors import engine_error
+from server.observe import tracing
 from server.observe.exchange import Exchange, exchange_of
 from server.pipeline import generation, parse, respond
 from server.protection.limits import identity_of
@@ -36,11 +38,14 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
     engine = state.ready_engine()
     exchange = exchange_of(request)
     admission = state.limits.admission_for(exchange)  # admits within `prepare`, before the prompt is tokenised
+    tracing.annotate({"gen_ai.request.model": getattr(req, "model", None) or engine.info.name})
     try:
-        job = await prepare(req, engine, state.settings, admission, exchange.key_id)
+        with tracing.span("gate"):
+            job = await prepare(req, engine, state.settings, admission, exchange.key_id)
         deadline = admission.deadline
         assert deadline is not None
         _observe(state, exchange, job, engine)
+        _trace(job)
         if state.moderator is not None:
             requester = Requester(identity_of(exchange), lambda tokens: state.limits.charge_tokens(exchange, tokens))
             job.moderation = state.moderator.for_request(job.prompts, job.total_choices, engine, exchange.key_id,
@@ -68,6 +73,31 @@ def _observe(state: ServerState, exchange: Exchange, job: generation.Job, engine
         exchange.prompt = [engine.decode(p) for p in job.prompts]
     job.metrics = state.metrics.for_request(exchange, keep_text, adapter=job.model_name)
     exchange.on_end(job.metrics.finish)
+
+
+def _trace(job: generation.Job) -> None:
+    """The request's sampling in the GenAI conventions' names on its span, and its trace context for the engine,
+    which joins its own span to it."""
+    headers = tracing.carrier()
+    if not headers:
+        return
+    gen = job.engine_input
+    tracing.annotate({
+        "gen_ai.response.id": job.request_id,
+        "gen_ai.request.max_tokens": gen.max_tokens,
+        "gen_ai.request.temperature": gen.temperature,
+        "gen_ai.request.top_p": gen.top_p,
+        "gen_ai.request.top_k": gen.top_k or None,
+        "gen_ai.request.frequency_penalty": gen.frequency_penalty,
+        "gen_ai.request.presence_penalty": gen.presence_penalty,
+        "gen_ai.request.seed": gen.seed,
+        "gen_ai.request.stop_sequences": list(gen.stop) or None,
+        "gen_ai.request.choice.count": gen.n if gen.n != 1 else None,
+        "llamaserve.generation_mode": gen.mode.value,
+        "llamaserve.adapter": job.model_name,
+        "llamaserve.stream": job.stream,
+    })
+    job.engine_input = dataclasses.replace(gen, trace_headers=headers)
 
 
 @router.post("/chat/completions", openapi_extra=body_doc(ChatCompletionRequest))

@@ -10,6 +10,7 @@ import httpx
 
 from engine.guard_format import GuardFit, GuardReply
 from server.models.model_source import under_azure_dir
+from server.observe import tracing
 
 if TYPE_CHECKING:
     from engine.core import EngineOptions
@@ -48,7 +49,8 @@ class RemoteGuard:
     async def classify(self, turns: list[dict[str, str]]) -> GuardReply:
         body = {"messages": turns, "max_tokens": 48, "temperature": 0}
         try:
-            reply = await self._client.post("/v1/chat/completions", json=body)
+            # The check's trace context: a traced guard server's span joins the request's trace under this check.
+            reply = await self._client.post("/v1/chat/completions", json=body, headers=tracing.carrier())
         except httpx.HTTPError as exc:
             raise GuardUnavailable(f"the guard at {self._client.base_url} is unreachable: {type(exc).__name__}") from exc
         if reply.status_code in _REFUSING_STATUSES:
@@ -108,6 +110,8 @@ def local_guard_options(settings: Settings, main: EngineOptions) -> EngineOption
         # The main model's draft model and vLLM arguments (its load format, its tokenizer...) are not the guard's.
         speculative_config=None,
         engine_args={},
+        # Its checks are spans of llamaserve's own (server/safety/moderation.py), not vLLM's.
+        otlp_traces_endpoint=None,
         chat_template=None,
         distributed_executor_backend=None,
         cpu_kvcache_space_gib=settings.guard_cpu_kvcache_space_gib or main.cpu_kvcache_space_gib,

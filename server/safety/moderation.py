@@ -41,6 +41,7 @@ from engine.guard_format import (
 )
 from engine.outputs import ChoiceDelta, Step
 from server.errors import APIError
+from server.observe import tracing
 from server.safety.guards import GuardRefused
 from server.safety.requesters import KeySlots, Requester
 
@@ -130,11 +131,17 @@ class Moderator:
         return Moderation(self, blocking, histories, param, total_choices, requester)
 
     async def judge(self, turns: list[dict[str, str]], stage: str, requester: Requester) -> Verdict | Failure | Refusal:
-        async with self._slots.hold(requester.identity):  # the wait is the requester's own load: untimed
-            started = time.perf_counter()
-            verdict = await self._verdict(turns, requester)
-            self.latency.labels(stage).observe(time.perf_counter() - started)
-        self.checks.labels(stage, _result(verdict)).inc()
+        with tracing.span("guard", {"llamaserve.guard.stage": stage}):
+            async with self._slots.hold(requester.identity):  # the wait is the requester's own load: untimed
+                started = time.perf_counter()
+                verdict = await self._verdict(turns, requester)
+                self.latency.labels(stage).observe(time.perf_counter() - started)
+            result = _result(verdict)
+            judged = isinstance(verdict, Verdict)
+            tracing.annotate({"llamaserve.guard.verdict": result,
+                              "llamaserve.guard.categories": list(verdict.codes) if judged else None,
+                              "llamaserve.guard.reason": None if judged else verdict.message})
+        self.checks.labels(stage, result).inc()
         return verdict
 
     async def _verdict(self, turns: list[dict[str, str]], requester: Requester) -> Verdict | Failure | Refusal:

@@ -28,8 +28,9 @@ ENGINE_VALUES = {
 }
 LOCATION = {"model", "served_model_name", "model_cache_dir"}
 # What engine_options derives from other settings rather than copying one; disable_log_stats is the guard
-# engine's alone (server/safety/guards.py sets it).
-DERIVED = {"model", "served_model_name", "max_logprobs", "enable_lora", "disable_log_stats"}
+# engine's alone (server/safety/guards.py sets it); the trace endpoint and protocol come from the tracing settings.
+DERIVED = {"model", "served_model_name", "max_logprobs", "enable_lora", "disable_log_stats", "otlp_traces_endpoint",
+           "otlp_traces_protocol"}
 
 
 def _names(group: type) -> set[str]:

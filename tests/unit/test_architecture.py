@@ -158,13 +158,13 @@ def test_engine_owns_its_input():
 # The foundation (errors, settings, the event-stream framing) imports no wing; the routes and the app's assembly
 # (app, cli, state) may import every wing, and no wing imports them.
 FOUNDATION = {"server.errors", "server.settings", "server.engine_settings", "server.adapter_settings",
-              "server.store_settings", "server.sse"}
+              "server.store_settings", "server.tracing_settings", "server.sse"}
 ASSEMBLY = {"server.app", "server.cli", "server.state", "server.routes"}
 WINGS_MAY_IMPORT = {
     "server.observe": set(),
     "server.protection": {"server.observe"},
     "server.models": {"server.observe", "server.protection"},
-    "server.safety": {"server.models"},
+    "server.safety": {"server.models", "server.observe"},
     "server.store": {"server.observe"},
     "server.fleet": {"server.observe", "server.protection", "server.models", "server.store"},
     "server.pipeline": {"server.observe", "server.protection", "server.models", "server.safety", "server.store"},

@@ -76,3 +76,24 @@ def test_equal_scores_keep_beam_then_alternative_order():
 def test_a_beam_with_no_alternatives_ends_the_search_when_none_is_left():
     beams, calls = run(width=2, step=scripted(lambda g: {}), length_penalty=1.0, early_stopping=False)
     assert len(calls) == 1 and beams == []
+
+
+def test_each_step_is_an_event_of_the_traced_request():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("test").start_as_current_span("request"):
+        beams, calls = run(width=2, max_tokens=3, length_penalty=1.0, early_stopping=False)
+    [span] = exporter.get_finished_spans()
+    events = [e for e in span.events if e.name == "beam_step"]
+    assert [e.attributes["beam.step"] for e in events] == [1, 2, 3] == list(range(1, len(calls) + 1))
+    assert all(e.attributes["beam.live"] == 2 for e in events)
+    # The stop token ends one beam at the first step (one live beam), then two at each later one.
+    assert [e.attributes["beam.finished"] for e in events] == [1, 3, 5]
+    assert events[-1].attributes["beam.best_cumulative_logprob"] == max(b.cum_logprob for b in beams
+                                                                        if b.finish_reason != "stop")
+

@@ -37,10 +37,11 @@ class ScriptedLLM:
         self.exhausted: set[str] = set()
         self.input_processor = SimpleNamespace(process_inputs=self._process)
 
-    def _process(self, request_id, prompt, params, supported_tasks):
+    def _process(self, request_id, prompt, params, supported_tasks, trace_headers=None):
         return EngineCoreRequest(request_id=request_id, prompt_token_ids=list(prompt["prompt_token_ids"]),
                                  mm_features=None, sampling_params=params, pooling_params=None, arrival_time=0.0,
-                                 lora_request=None, cache_salt=None, data_parallel_rank=None)
+                                 lora_request=None, cache_salt=None, data_parallel_rank=None,
+                                 trace_headers=trace_headers)
 
     async def get_supported_tasks(self):
         return ("generate",)
@@ -146,3 +147,19 @@ def test_requests_per_step_fall_below_one_per_beam():
     llm = asyncio.run(go())
     assert len(llm.started) < 3 * 16
     assert len({r.request_id for r in llm.started}) == len(llm.started)  # unique ids
+
+
+def test_every_steps_request_carries_the_searchs_trace_context():
+    context = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+
+    async def go(trace_headers):
+        llm = ScriptedLLM()
+        steps = EngineSteps(llm, PROMPT, params_for, request_id="r", max_tokens=6, lookahead=2,
+                            trace_headers=trace_headers)
+        await search(steps, 2, 6)
+        await steps.close()
+        return llm.started
+
+    traced = asyncio.run(go(context))
+    assert len(traced) > 1 and all(r.trace_headers == context for r in traced)
+    assert all(r.trace_headers is None for r in asyncio.run(go(None)))

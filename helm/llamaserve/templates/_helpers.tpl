@@ -59,6 +59,14 @@ llamaserve.io/role: server
 {{- if and .Values.inferencePool.enabled (not (hasKey $s "metrics_show_adapters")) -}}
 {{- $_ := set $s "metrics_show_adapters" true -}}
 {{- end -}}
+{{- with .Values.tracing -}}
+{{- if .endpoint -}}
+{{- $_ := set $s "otlp_traces_endpoint" .endpoint -}}
+{{- $_ := set $s "otlp_traces_protocol" .protocol -}}
+{{- $_ := set $s "trace_sample_ratio" .sampleRatio -}}
+{{- $_ := set $s "trace_service_name" (.serviceName | default (include "llamaserve.fullname" $)) -}}
+{{- end -}}
+{{- end -}}
 {{- if .Values.multiNode.enabled -}}
 {{- $backend := get $s "distributed_executor_backend" | default "ray" -}}
 {{- if ne $backend "ray" -}}{{- fail "multiNode.enabled needs settings.distributed_executor_backend: ray" -}}{{- end -}}
