@@ -186,6 +186,8 @@ class ResponsesRequest(BaseModel):
     def _background_is_stored(self) -> ResponsesRequest:
         if self.background and not self.store:
             raise ValueError("background responses must be stored: background requires store true")
+        if self.background and self.stream:
+            raise ValueError("background responses are not streamed: poll GET /v1/responses/{id} instead")
         return self
 
     def extra_fields(self) -> dict[str, Any]:

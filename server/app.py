@@ -145,6 +145,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
             state.lifecycle.draining = True
             state.loader.cancel()
             await state.lifecycle.stop()
+            await state.response_runs.close()
             if state.engine is not None:
                 state.engine.shutdown()
             if state.moderator is not None:

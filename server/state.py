@@ -13,6 +13,7 @@ from server.fleet.link import RedisLink
 from server.protection.lifecycle import Lifecycle
 from server.protection.limits import Limits
 from server.observe.metrics import Metrics
+from server.pipeline.responses.background import BackgroundRuns
 from server.safety.moderation import Moderator
 from server.settings import Settings
 from server.store.responses import MemoryResponseStore, ResponseStore
@@ -31,6 +32,7 @@ class ServerState:
     lifecycle: Lifecycle = field(init=False)
     fleet: RedisLink | None = field(init=False)  # the replicas' shared Redis, when one is set
     responses: ResponseStore = field(init=False)
+    response_runs: BackgroundRuns = field(init=False)  # background responses this process generates
 
     def __post_init__(self) -> None:
         protection = self.settings.protection
@@ -38,6 +40,7 @@ class ServerState:
         self.fleet = RedisLink(url, self.settings.redis_timeout_s) if url else None
         self.responses = MemoryResponseStore(self.settings.responses_store_max_count,
                                              self.settings.responses_store_max_age_s)
+        self.response_runs = BackgroundRuns(protection.request_timeout_s)
         self.limits = Limits(protection)
         self.lifecycle = Lifecycle(self.limits, protection.shutdown_grace_s, self._engine_is_dead)
         self.metrics.watch(self._readings)

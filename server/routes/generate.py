@@ -36,9 +36,10 @@ from server.state import ServerState, state_of
 router = APIRouter(tags=["generation"])
 
 
-async def _serve(request: Request, model: type, prepare: Any, answer: Any = respond.respond) -> Response:
+async def _serve(request: Request, model: type, prepare: Any, answer: Any = None) -> Response:
     """`prepare(req, engine, settings, admission, key_id)` is the gate, `answer(job, engine, request,
-    deadline_frames, **sse_options)` the response; chat and completions answer alike, Responses its own way."""
+    deadline_frames, **sse_options)` the response (None: chat's and completions', server/pipeline/respond.py)."""
+    answer = answer or respond.respond
     state = state_of(request)
     req = parse.parse_request(await request.body(), model, request.headers.get("extra-parameters"), state.settings)
     engine = state.ready_engine()
@@ -95,6 +96,6 @@ async def completions(request: Request) -> Response:
 @router.post("/responses", openapi_extra=body_doc(ResponsesRequest))
 @router.post("/openai/v1/responses", openapi_extra=body_doc(ResponsesRequest))
 async def create_response(request: Request) -> Response:
-    store = state_of(request).responses
-    return await _serve(request, ResponsesRequest, partial(responses_gate.prepare_response, store=store),
-                        partial(responses_respond.respond, store=store))
+    state = state_of(request)
+    return await _serve(request, ResponsesRequest, partial(responses_gate.prepare_response, store=state.responses),
+                        partial(responses_respond.respond, store=state.responses, runs=state.response_runs))

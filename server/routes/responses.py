@@ -39,6 +39,18 @@ async def delete(request: Request, response_id: str) -> Response:
     return _json({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
+async def cancel(request: Request, response_id: str) -> Response:
+    """Stops a background response still queued or in progress; a finished one is returned as it is."""
+    state, owner = state_of(request), exchange_of(request).key_id
+    record = await gate.load(state.responses, owner, response_id)
+    if not record.response.get("background"):
+        raise APIError(400, "only background responses can be cancelled", param="response_id",
+                       code="invalid_parameter")
+    if record.response["status"] in ("queued", "in_progress") and await state.response_runs.cancel(response_id):
+        record = await gate.load(state.responses, owner, response_id)
+    return _json(record.response)
+
+
 async def input_items(request: Request, response_id: str, limit: int = Query(20, ge=1, le=100),
                       order: str = Query("desc", pattern="^(asc|desc)$"), after: str | None = None) -> Response:
     """OpenAI's list: newest first unless `order=asc`, `limit` at a time, from the item after `after`."""
@@ -58,4 +70,5 @@ async def input_items(request: Request, response_id: str, limit: int = Query(20,
 for _prefix in PREFIXES:
     router.add_api_route(_prefix + "/responses/{response_id}", retrieve, methods=["GET"])
     router.add_api_route(_prefix + "/responses/{response_id}", delete, methods=["DELETE"])
+    router.add_api_route(_prefix + "/responses/{response_id}/cancel", cancel, methods=["POST"])
     router.add_api_route(_prefix + "/responses/{response_id}/input_items", input_items, methods=["GET"])

@@ -5,7 +5,6 @@ Background responses are server/pipeline/responses/background.py's.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,54 +15,30 @@ from starlette.responses import Response
 from engine.core import LlamaEngine
 from engine.errors import EngineError
 from server import sse
-from server.errors import APIError, engine_error
+from server.errors import engine_error
 from server.pipeline import respond as chat
 from server.pipeline.job import Job
 from server.pipeline.render import ChoiceState, usage as chat_usage
 from server.pipeline.responses.events import Events, OutputStream
-from server.pipeline.responses.objects import (
-    ResponseDraft,
-    content_filter_error,
-    output_items,
-    response_object,
-    status_of,
-    usage,
-)
+from server.pipeline.responses.background import BackgroundRuns
+from server.pipeline.responses.objects import content_filter_error, response_object, status_of, usage
+from server.pipeline.responses.outcome import failed, from_chat, keep, prompt_verdict
 from server.safety.moderation import CONTENT_FILTER_RESULTS
-from server.store.responses import ResponseStore, StoredResponse, StoreUnavailable
-
-log = logging.getLogger("llamaserve.responses")
-
-
-async def keep(store: ResponseStore, draft: ResponseDraft, response: dict[str, Any]) -> None:
-    """Stores `response` when its request asked for it. A store that is away costs the record, not the answer."""
-    if not draft.store:
-        return
-    try:
-        await store.put(StoredResponse(draft.id, draft.owner, response, draft.input_items, draft.created_at))
-    except StoreUnavailable as exc:
-        log.warning("response %s not stored: %s", draft.id, exc)
-
-
-async def prompt_verdict(job: Job) -> dict[str, Any] | None:
-    """The guard's check of the input: None when it passes, else the failed response's error (Azure's details)."""
-    if job.moderation is None:
-        return None
-    try:
-        await job.moderation.check_prompt()
-    except APIError as exc:
-        if exc.code != "content_filter":
-            raise
-        return {**content_filter_error((exc.inner or {}).get("content_filter_result")), "message": exc.message}
-    return None
+from server.store.responses import ResponseStore
 
 
 async def respond(job: Job, engine: LlamaEngine, http_request: Request,
                   deadline_frames: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None, *,
-                  store: ResponseStore, **sse_options: Any) -> Response:
-    """The response object, or with `stream` its events; `deadline_frames` and `sse_options` as chat's."""
+                  store: ResponseStore, runs: BackgroundRuns, **sse_options: Any) -> Response:
+    """The response object, or with `stream` its events; `deadline_frames` and `sse_options` as chat's. A
+    background response is answered `queued` while `runs` generates it."""
     draft = job.response
     assert draft is not None
+    if draft.background:
+        queued = response_object(draft, "queued")
+        await keep(store, draft, queued)
+        runs.start(job, engine, store)
+        return Response(orjson.dumps(queued), media_type="application/json")
     if job.stream:
         frames = stream(job, engine, store)
         return sse.event_stream(deadline_frames(frames) if deadline_frames else frames, **sse_options)
@@ -74,18 +49,6 @@ async def respond(job: Job, engine: LlamaEngine, http_request: Request,
         body = from_chat(draft, await chat.until_disconnected(http_request, chat.full_body(job, engine)))
     await keep(store, draft, body)
     return Response(orjson.dumps(body), media_type="application/json")
-
-
-def failed(job: Job, draft: ResponseDraft, error: dict[str, Any]) -> dict[str, Any]:
-    return response_object(draft, "failed", [], usage(chat_usage(sum(len(p) for p in job.prompts), 0)), error)
-
-
-def from_chat(draft: ResponseDraft, body: dict[str, Any]) -> dict[str, Any]:
-    """A chat completion's body (server/pipeline/respond.py `full_body`) as the response object."""
-    choice = body["choices"][0]
-    status, incomplete = status_of(choice["finish_reason"])
-    error = content_filter_error(choice.get(CONTENT_FILTER_RESULTS)) if status == "failed" else None
-    return response_object(draft, status, output_items(choice), usage(body["usage"]), error, incomplete)
 
 
 async def stream(job: Job, engine: LlamaEngine, store: ResponseStore) -> AsyncIterator[bytes]:
