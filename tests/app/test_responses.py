@@ -230,3 +230,23 @@ def test_cancel_stops_a_background_generation():
     assert polled["status"] == "cancelled"
     assert engine.aborted == engine.started[:1]  # the engine request was aborted, not left to run
     assert refused.status_code == 400
+
+
+def test_truncation_auto_drops_the_oldest_turns_and_disabled_refuses():
+    # The scripted engine's prompt is one token per character of the messages' text: "sys" and three turns of 40.
+    turns = [{"role": role, "content": (role[0] * 40)} for role in ("user", "assistant", "user")]
+    body = {"input": turns, "instructions": "sys", "max_output_tokens": 10}
+
+    async def go():
+        async with InProcess(ScriptedEngine(max_model_len=100)) as c:
+            refused = await c.post("/v1/responses", json=body)
+            kept = await c.post("/v1/responses", json={**body, "truncation": "auto"})
+            too_long = await c.post("/v1/responses", json={**body, "input": "u" * 95, "truncation": "auto"})
+            return refused, kept, too_long
+    refused, kept, too_long = run(go())
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+    assert refused.json()["error"]["param"] == "input"
+    # 3 + 120 tokens do not leave 10 of 100; without the first turn, 3 + 80 do.
+    assert kept.status_code == 200 and kept.json()["usage"]["input_tokens"] == 83
+    assert kept.json()["truncation"] == "auto"
+    assert too_long.status_code == 400  # nothing left to drop: refused as too long

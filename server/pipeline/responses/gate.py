@@ -63,7 +63,8 @@ async def prepare_response(req: ResponsesRequest, engine: LlamaEngine, settings:
     check_prompt_chars(conversion.text_chars(req.instructions, everything), settings.api_limits, "input")
     messages = conversion.chat_messages(req.instructions, everything, len(history))
     try:
-        job = await prepare_chat(_chat_request(req, messages), engine, settings, admission, caller)
+        job = await prepare_chat(_chat_request(req, messages), engine, settings, admission, caller,
+                                 truncate=req.truncation == "auto")
     except InvalidInput as exc:
         if exc.param not in _PARAMS:
             raise
