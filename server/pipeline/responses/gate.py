@@ -91,6 +91,10 @@ def _chat_request(req: ResponsesRequest, messages: list) -> ChatCompletionReques
     tool_choice: Any = req.tool_choice
     if tool_choice is not None and not isinstance(tool_choice, str):
         tool_choice = {"type": "function", "function": {"name": tool_choice.name}}
+    if req.tools and tool_choice not in (None, "auto", "none"):
+        # A forced call is the whole output, so a text format has nothing to shape (agents send both); chat,
+        # whose answer would be that text, refuses the pair.
+        response_format = None
     fields: dict[str, Any] = {
         "model": req.model, "messages": messages, "stream": req.stream and not req.background,
         "max_tokens": req.max_output_tokens, "temperature": req.temperature, "top_p": req.top_p,
