@@ -143,7 +143,7 @@ def test_the_sdk_stream_helper_gives_the_final_response(oai):
 def test_a_forced_tool_call_round_trip_streams_no_text(oai, server):
     forced = {"type": "function", "name": "get_weather"}
     r = oai.responses.create(model=MODEL, input="Weather in Paris?", tools=[WEATHER], tool_choice=forced,
-                             max_output_tokens=60)
+                             max_output_tokens=100)
     [call] = [item for item in r.output if item.type == "function_call"]
     assert call.name == "get_weather" and "city" in json.loads(call.arguments)
     assert r.status == "completed" and not [i for i in r.output if i.type == "message"]
@@ -155,7 +155,7 @@ def test_a_forced_tool_call_round_trip_streams_no_text(oai, server):
     assert [i.type for i in items] == ["message", "function_call", "function_call_output"]
     assert items[1].call_id == items[2].call_id == call.call_id
     events = _raw_events(server, {"model": MODEL, "input": "Weather in Rome?", "tools": [WEATHER],
-                                  "tool_choice": "required", "max_output_tokens": 60})
+                                  "tool_choice": "required", "max_output_tokens": 100})
     kinds = [e.type for e in events]
     assert "response.output_text.delta" not in kinds
     assert "response.function_call_arguments.delta" in kinds
