@@ -97,5 +97,7 @@ async def completions(request: Request) -> Response:
 @router.post("/openai/v1/responses", openapi_extra=body_doc(ResponsesRequest))
 async def create_response(request: Request) -> Response:
     state = state_of(request)
+    charge = partial(state.limits.charge_tokens, exchange_of(request))  # a background response's output
     return await _serve(request, ResponsesRequest, partial(responses_gate.prepare_response, store=state.responses),
-                        partial(responses_respond.respond, store=state.responses, runs=state.response_runs))
+                        partial(responses_respond.respond, store=state.responses, runs=state.response_runs,
+                                charge=charge))

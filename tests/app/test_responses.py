@@ -198,19 +198,23 @@ async def _until(condition, timeout_s: float = 10.0) -> None:
             await asyncio.sleep(0.01)
 
 
-def test_background_is_queued_then_polled_to_its_end():
+def test_background_is_queued_then_polled_to_its_end_and_charged():
     async def go():
         engine = ScriptedEngine()
         async with InProcess(engine) as c:
+            state = c._transport.app.state.llama
+            charged = []
+            state.limits.charge_tokens = lambda exchange, tokens: charged.append(tokens)
             queued = (await c.post("/v1/responses", json={"input": "a", "max_output_tokens": 2,
                                                          "background": True})).json()
-            store = c._transport.app.state.llama.responses
-            await _until(lambda: store._items[queued["id"]].response["status"] not in ("queued", "in_progress"))
-            return queued, (await c.get(f"/v1/responses/{queued['id']}")).json()
-    queued, done = run(go())
+            await _until(lambda: state.responses._items[queued["id"]].response["status"]
+                         not in ("queued", "in_progress"))
+            return queued, (await c.get(f"/v1/responses/{queued['id']}")).json(), charged
+    queued, done, charged = run(go())
     assert (queued["status"], queued["background"], queued["output"]) == ("queued", True, [])
     assert done["status"] == "incomplete" and done["output"][0]["content"][0]["text"] == "xx"
     assert done["id"] == queued["id"]
+    assert charged == [2]  # its output, generated after its request was settled
 
 
 def test_cancel_stops_a_background_generation():

@@ -3,13 +3,15 @@ that stores each later state (`in_progress`, then `completed`, `incomplete`, `fa
 `GET /v1/responses/{id}` and stopped with `POST /v1/responses/{id}/cancel`.
 
 A background generation runs within the request time limit (`request_timeout_s`), as a request's would; past it
-the response fails. Its task lives in the replica that took the request: another replica cannot cancel it.
+the response fails. It holds no admission slot once `queued` is sent, and its output tokens are charged to its key
+when it ends. Its task lives in the replica that took the request: another replica cannot cancel it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from engine.core import LlamaEngine
@@ -31,7 +33,9 @@ class BackgroundRuns:
         self.timeout_s = timeout_s
         self._tasks: dict[str, asyncio.Task] = {}
 
-    def start(self, job: Job, engine: LlamaEngine, store: ResponseStore) -> None:
+    def start(self, job: Job, engine: LlamaEngine, store: ResponseStore, charge: Callable[[int], None]) -> None:
+        """Generates `job` in a task; `charge(tokens)` takes its output tokens from its key's token limit, since
+        the request they belong to was settled when its `queued` answer went out."""
         draft = job.response
         assert draft is not None
 
@@ -54,6 +58,8 @@ class BackgroundRuns:
                 body = _failed(draft, "server_error", f"the response failed ({type(exc).__name__})")
             finally:
                 self._tasks.pop(draft.id, None)
+            if body.get("usage"):
+                charge(body["usage"]["output_tokens"])
             await keep(store, draft, body)
 
         self._tasks[draft.id] = asyncio.create_task(run(), name=f"background-{draft.id}")

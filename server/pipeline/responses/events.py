@@ -61,6 +61,17 @@ class OutputStream:
             frames.append(self._delta.fill(text, self.events.next_number()))
         return frames
 
+    def plain_text(self, text: str) -> bytes | None:
+        """The per-token path: the delta frame of `text` (no logprobs) when a message is open, else None."""
+        delta = self._delta
+        if delta is None:
+            return None
+        self._text.append(text)
+        events = self.events
+        number = events.sequence_number
+        events.sequence_number = number + 1
+        return delta.fill(text, number)
+
     def call(self, call_id: str, name: str) -> list[bytes]:
         frames = self._close("completed")
         self._open = call_item(new_id("fc_"), call_id, name, "", "in_progress")

@@ -29,15 +29,16 @@ from server.store.responses import ResponseStore
 
 async def respond(job: Job, engine: LlamaEngine, http_request: Request,
                   deadline_frames: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None, *,
-                  store: ResponseStore, runs: BackgroundRuns, **sse_options: Any) -> Response:
+                  store: ResponseStore, runs: BackgroundRuns, charge: Callable[[int], None],
+                  **sse_options: Any) -> Response:
     """The response object, or with `stream` its events; `deadline_frames` and `sse_options` as chat's. A
-    background response is answered `queued` while `runs` generates it."""
+    background response is answered `queued` while `runs` generates it, `charge` taking its output tokens."""
     draft = job.response
     assert draft is not None
     if draft.background:
         queued = response_object(draft, "queued")
         await keep(store, draft, queued)
-        runs.start(job, engine, store)
+        runs.start(job, engine, store, charge)
         return Response(orjson.dumps(queued), media_type="application/json")
     if job.stream:
         frames = stream(job, engine, store)
@@ -52,11 +53,12 @@ async def respond(job: Job, engine: LlamaEngine, http_request: Request,
 
 
 async def stream(job: Job, engine: LlamaEngine, store: ResponseStore) -> AsyncIterator[bytes]:
+    """The events; those that come together go in one write (each write costs a pass through the middleware)."""
     draft = job.response
     assert draft is not None
     events = Events()
-    yield events("response.created", response=response_object(draft, "in_progress"))
-    yield events("response.in_progress", response=response_object(draft, "in_progress"))
+    yield events("response.created", response=response_object(draft, "in_progress")) + \
+        events("response.in_progress", response=response_object(draft, "in_progress"))
     blocked = await prompt_verdict(job)
     if blocked is not None:
         body = failed(job, draft, blocked)
@@ -70,12 +72,23 @@ async def stream(job: Job, engine: LlamaEngine, store: ResponseStore) -> AsyncIt
     finish_reason: str | None = None
     filter_results: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    last: list[bytes] = []  # the finishing step's events, sent with the closing ones
     try:
         steps = chat.merged_steps(job, engine)
         async for p_idx, step in job.moderation.stream(steps) if job.moderation is not None else steps:
             if job.metrics is not None:
                 job.metrics.step(p_idx, step)
-            completion_tokens, cached_tokens = step.completion_tokens, max(cached_tokens, step.cached_tokens)
+            completion_tokens = step.completion_tokens
+            if step.cached_tokens > cached_tokens:
+                cached_tokens = step.cached_tokens
+            if plain and len(step.choices) == 1:
+                c = step.choices[0]
+                if c.finish_reason is None and c.logprobs is None and c.text:
+                    frame = output.plain_text(c.text)
+                    if frame is not None:
+                        yield frame
+                        continue
+            frames: list[bytes] = []
             for c in step.choices:
                 if c.finish_reason is not None:
                     finish_reason = c.finish_reason
@@ -83,26 +96,27 @@ async def stream(job: Job, engine: LlamaEngine, store: ResponseStore) -> AsyncIt
                 if plain:
                     if c.text:
                         logprobs = flavor.delta_choice(c, state)["logprobs"] if c.logprobs else None
-                        for frame in output.text(c.text, logprobs and logprobs["content"]):
-                            yield frame
+                        frames += output.text(c.text, logprobs and logprobs["content"])
                     continue
                 for delta in flavor.delta_choices(c, state):
-                    for frame in _delta_frames(output, delta["delta"], delta.get("logprobs")):
-                        yield frame
+                    frames += _delta_frames(output, delta["delta"], delta.get("logprobs"))
+            if finish_reason is not None:
+                last += frames
+            elif frames:
+                yield b"".join(frames)
     except EngineError as exc:
         failure = engine_error(exc)
         error = {"code": "server_error", "message": failure.message}
     status, incomplete = ("failed", None) if error else status_of(finish_reason)
     if status == "failed" and error is None:
         error = content_filter_error(filter_results)
-    for frame in output.finish("incomplete" if status == "incomplete" else "completed"):
-        yield frame
+    last += output.finish("incomplete" if status == "incomplete" else "completed")
     used = usage(chat_usage(sum(len(p) for p in job.prompts), completion_tokens, cached_tokens))
     body = response_object(draft, status, output.items, used, error, incomplete)
     if filter_results is not None and status != "failed":
         body[CONTENT_FILTER_RESULTS] = filter_results
     await keep(store, draft, body)
-    yield events(f"response.{status}", response=body)
+    yield b"".join([*last, events(f"response.{status}", response=body)])
 
 
 def _delta_frames(output: OutputStream, delta: dict[str, Any], logprobs: dict[str, Any] | None) -> list[bytes]:
