@@ -65,6 +65,29 @@ def test_create_with_instructions_usage_and_incomplete(oai):
     assert again.output_text == r.output_text  # a string input is one user message
 
 
+def test_logprobs_through_include_in_full_and_streamed(oai, server):
+    r = oai.responses.create(model=MODEL, input="Hi", max_output_tokens=3, top_logprobs=2, temperature=0,
+                             include=["message.output_text.logprobs"], extra_body={"ignore_eos": True})
+    logprobs = r.output[0].content[0].logprobs
+    assert len(logprobs) == 3 and all(len(lp.top_logprobs) == 2 for lp in logprobs)
+    assert "".join(lp.token for lp in logprobs) == r.output_text
+    events = _raw_events(server, {"model": MODEL, "input": "Hi", "max_output_tokens": 3, "top_logprobs": 2,
+                                  "temperature": 0, "include": ["message.output_text.logprobs"],
+                                  "ignore_eos": True})
+    streamed = [lp for e in events if e.type == "response.output_text.delta" for lp in e.logprobs]
+    assert [lp.token for lp in streamed] == [lp.token for lp in logprobs]
+    final = events[-1].response.output[0].content[0].logprobs
+    assert [(lp.token, lp.logprob) for lp in final] == [(lp.token, lp.logprob) for lp in streamed]
+
+
+def test_prompt_cache_key_is_taken_and_changes_nothing(oai):
+    plain = oai.responses.create(model=MODEL, input="Hi", max_output_tokens=4, temperature=0,
+                                 extra_body={"ignore_eos": True})
+    keyed = oai.responses.create(model=MODEL, input="Hi", max_output_tokens=4, temperature=0,
+                                 prompt_cache_key="tenant-7", extra_body={"ignore_eos": True})
+    assert keyed.prompt_cache_key == "tenant-7" and keyed.output_text == plain.output_text
+
+
 def test_cached_tokens_count_the_prefix_cache(oai):
     long = f"{time.time_ns()} " + "the llama walks over the green hill and eats grass " * 30
     oai.responses.create(model=MODEL, input=long, max_output_tokens=1)
