@@ -61,8 +61,24 @@ def free_port() -> int:
 
 def scenarios(quick: bool, apis: list[str], groups: tuple[str, ...] = GROUPS,
               max_concurrency: int | None = None) -> list[dict[str, Any]]:
-    every = _scenarios(quick, apis, groups)
+    every = _beside_chat(_scenarios(quick, apis, groups))
     return [sc for sc in every if max_concurrency is None or sc["concurrency"] <= max_concurrency]
+
+
+def _beside_chat(every: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each Responses scenario right after the chat stream it is compared with, so that the machine's drifting
+    load falls on both alike."""
+    responses = {sc["concurrency"]: sc for sc in every if sc.get("kind") == "responses"}
+    out = []
+    for sc in every:
+        if sc.get("kind") == "responses" and sc not in out:
+            out.append(sc)
+        elif sc.get("kind") != "responses":
+            out.append(sc)
+            if sc["api"] == "chat" and sc["stream"] and sc["loop"] == "closed" and sc.get("kind", "plain") == "plain" \
+                    and sc["concurrency"] in responses:
+                out.append(responses.pop(sc["concurrency"]))
+    return out
 
 
 def _scenarios(quick: bool, apis: list[str], groups: tuple[str, ...]) -> list[dict[str, Any]]:
