@@ -5,10 +5,9 @@ route (server/routes/generate.py).
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
-
-import orjson
 
 from server.errors import APIError
 from server.observe.exchange import exchange_of

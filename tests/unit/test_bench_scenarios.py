@@ -93,8 +93,11 @@ def test_max_concurrency_leaves_out_the_scenarios_above_it():
 
 def test_the_responses_scenario_streams_the_same_generation_under_the_responses_names():
     plan = {"model": "m", "max_tokens": 64, "prompt": "p"}
+    keys = [stats.scenario_key(sc) for sc in run.scenarios(True, ["chat"], ("plain", "responses"))]
+    for c in (1, 32):  # each right after the chat stream it is compared with
+        assert keys[keys.index(f"chat stream closed c{c}") + 1] == f"responses stream closed c{c}"
+    assert len(keys) == len(set(keys))
     by_key = {stats.scenario_key(sc): sc for sc in run.scenarios(True, ["chat"], ("plain", "responses"))}
-    assert {"responses stream closed c1", "responses stream closed c32", "chat stream closed c32"} <= set(by_key)
     sc = by_key["responses stream closed c32"]
     assert sc["servers"] == ["llamaserve"] and loadgen.ROUTES[sc["api"]] == "/v1/responses"
     got = orjson.loads(loadgen.bodies(plan, sc)[0])

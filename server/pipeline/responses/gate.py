@@ -21,7 +21,7 @@ from server.pipeline.responses.objects import ResponseDraft, new_id
 from server.pipeline.validation import check_prompt_chars
 from server.protection.limits import RequestAdmission
 from server.settings import Settings
-from server.store.responses import ResponseStore, StoreUnavailable
+from server.store.responses import ResponseStore, StoredResponse, StoreUnavailable
 
 # chat's parameter -> the Responses parameter that set it
 _PARAMS = {"max_tokens": "max_output_tokens", "messages": "input", "response_format": "text", "logprobs": "top_logprobs"}
@@ -37,7 +37,8 @@ def not_found(response_id: str, param: str | None = None) -> APIError:
     return APIError(404, f"no response with id {response_id!r} found", param=param, code=code)
 
 
-async def load(store: ResponseStore, owner: str | None, response_id: str, param: str | None = None):
+async def load(store: ResponseStore, owner: str | None, response_id: str,
+               param: str | None = None) -> StoredResponse:
     """`owner`'s stored response, or the 404 (the 503 when the store is away) saying why not."""
     try:
         record = await store.get(owner, response_id)
