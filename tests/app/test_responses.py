@@ -254,3 +254,22 @@ def test_truncation_auto_drops_the_oldest_turns_and_disabled_refuses():
     assert kept.status_code == 200 and kept.json()["usage"]["input_tokens"] == 83
     assert kept.json()["truncation"] == "auto"
     assert too_long.status_code == 400  # nothing left to drop: refused as too long
+
+
+def test_input_items_are_paged_like_openai_lists():
+    async def go():
+        async with InProcess(ScriptedEngine()) as c:
+            given = [{"role": "user", "content": str(i)} for i in range(5)]
+            rid = (await c.post("/v1/responses", json={"input": given, "max_output_tokens": 1})).json()["id"]
+            first = (await c.get(f"/v1/responses/{rid}/input_items", params={"limit": 2})).json()
+            rest = (await c.get(f"/v1/responses/{rid}/input_items",
+                                params={"limit": 10, "after": first["last_id"]})).json()
+            asc = (await c.get(f"/v1/responses/{rid}/input_items", params={"order": "asc", "limit": 5})).json()
+            bad = await c.get(f"/v1/responses/{rid}/input_items", params={"after": "msg_none"})
+            return first, rest, asc, bad
+    first, rest, asc, bad = run(go())
+    text = lambda page: [i["content"][0]["text"] for i in page["data"]]  # noqa: E731
+    assert (text(first), first["has_more"]) == (["4", "3"], True)  # newest first, as OpenAI's default
+    assert (text(rest), rest["has_more"]) == (["2", "1", "0"], False)
+    assert (text(asc), asc["has_more"], asc["first_id"]) == (["0", "1", "2", "3", "4"], False, asc["data"][0]["id"])
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "after"
