@@ -27,20 +27,20 @@ class ServerState:
     moderator: Moderator | None = None  # content safety, when a guard is configured
     loader: asyncio.Task | None = None
     background: list[asyncio.Task] = field(default_factory=list)
+    response_runs: BackgroundRuns = field(init=False)  # background responses this process generates
     metrics: Metrics = field(default_factory=Metrics)
     limits: Limits = field(init=False)
     lifecycle: Lifecycle = field(init=False)
     fleet: RedisLink | None = field(init=False)  # the replicas' shared Redis, when one is set
     responses: ResponseStore = field(init=False)
-    response_runs: BackgroundRuns = field(init=False)  # background responses this process generates
 
     def __post_init__(self) -> None:
         protection = self.settings.protection
+        self.response_runs = BackgroundRuns(protection.request_timeout_s)
         url = self.settings.shared_state_url()
         self.fleet = RedisLink(url, self.settings.redis_timeout_s) if url else None
         self.responses = MemoryResponseStore(self.settings.responses_store_max_count,
                                              self.settings.responses_store_max_age_s)
-        self.response_runs = BackgroundRuns(protection.request_timeout_s)
         self.limits = Limits(protection)
         self.lifecycle = Lifecycle(self.limits, protection.shutdown_grace_s, self._engine_is_dead)
         self.metrics.watch(self._readings)
