@@ -207,9 +207,11 @@ def test_background_is_queued_then_polled_to_its_end_and_charged():
             state.limits.charge_tokens = lambda exchange, tokens: charged.append(tokens)
             queued = (await c.post("/v1/responses", json={"input": "a", "max_output_tokens": 2,
                                                          "background": True})).json()
-            await _until(lambda: state.responses._items[queued["id"]].response["status"]
-                         not in ("queued", "in_progress"))
-            return queued, (await c.get(f"/v1/responses/{queued['id']}")).json(), charged
+            async with asyncio.timeout(10):  # a margin for a loaded host: two scripted tokens take microseconds
+                while (polled := (await c.get(f"/v1/responses/{queued['id']}")).json())["status"] in (
+                        "queued", "in_progress"):
+                    await asyncio.sleep(0.01)
+            return queued, polled, charged
     queued, done, charged = run(go())
     assert (queued["status"], queued["background"], queued["output"]) == ("queued", True, [])
     assert done["status"] == "incomplete" and done["output"][0]["content"][0]["text"] == "xx"
