@@ -67,9 +67,13 @@ def body(plan: dict[str, Any], api: str, stream: bool, sc: dict[str, Any] | None
                        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": JSON_SCHEMA}})
     elif kind == "tools":  # the grammar ends the call, so no ignore_eos
         payload.update(temperature=0.0, ignore_eos=False, tools=[WEATHER_TOOL], tool_choice="required")
+    text = prompt or plan["prompt"]
+    if api == "responses":  # the same generation under the Responses API's names; its stream ends with the usage
+        payload["max_output_tokens"] = payload.pop("max_tokens")
+        payload["input"] = text
+        return orjson.dumps(payload)
     if stream:
         payload["stream_options"] = {"include_usage": True}
-    text = prompt or plan["prompt"]
     if api == "chat":
         payload["messages"] = [{"role": "user", "content": text}]
     else:
@@ -84,7 +88,12 @@ def bodies(plan: dict[str, Any], sc: dict[str, Any]) -> list[bytes]:
     return [body(plan, sc["api"], sc["stream"], sc, p) for p in (prompts or [None])]
 
 
+RESPONSE_ENDS = ("response.completed", "response.incomplete")
+
+
 def _has_text(chunk: dict[str, Any], api: str) -> bool:
+    if api == "responses":
+        return chunk.get("type") == "response.output_text.delta" and bool(chunk.get("delta"))
     for c in chunk.get("choices") or ():
         if api == "chat":
             if (c.get("delta") or {}).get("content"):
@@ -103,7 +112,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, data: bytes, api
                 return rec
             if not stream:
                 out = orjson.loads(await resp.read())
-                rec["tokens"] = out["usage"]["completion_tokens"]
+                rec["tokens"] = out["usage"]["output_tokens" if api == "responses" else "completion_tokens"]
                 rec["ok"] = True
                 return rec
             last = None
@@ -117,8 +126,8 @@ async def one_request(session: aiohttp.ClientSession, url: str, data: bytes, api
                     break
                 now = time.perf_counter()
                 chunk = orjson.loads(data_part)
-                if "error" in chunk:
-                    rec["error"] = str(chunk["error"])[:200]
+                if "error" in chunk or chunk.get("type") == "response.failed":
+                    rec["error"] = str(chunk.get("error") or chunk["response"]["error"])[:200]
                     return rec
                 if _has_text(chunk, api):
                     if last is None:
@@ -126,6 +135,10 @@ async def one_request(session: aiohttp.ClientSession, url: str, data: bytes, api
                     else:
                         rec["itl"].append(now - last)
                     last = now
+                if chunk.get("type") in RESPONSE_ENDS:  # a Responses stream: no [DONE] after its last event
+                    rec["tokens"] = chunk["response"]["usage"]["output_tokens"]
+                    done = True
+                    break
                 usage = chunk.get("usage")
                 if usage:
                     rec["tokens"] = usage["completion_tokens"]
@@ -224,7 +237,7 @@ async def _scenario(session, target: dict[str, Any], plan: dict[str, Any], sc: d
     return summary
 
 
-ROUTES = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+ROUTES = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "responses": "/v1/responses"}
 
 
 def warmups(scenarios: list[dict[str, Any]], server: str) -> list[dict[str, Any]]:

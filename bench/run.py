@@ -48,7 +48,7 @@ PROMPTS = [f"{PROMPT} Request {i}: the {topic}." for i, topic in enumerate(
 BEAM_WIDTHS = [2, 4, 8]
 BEAM_TOKENS = 32
 BEST_OF_K = 4
-GROUPS = ("plain", "beam", "best_of", "json", "tools")
+GROUPS = ("plain", "beam", "best_of", "json", "tools", "responses")
 CONCURRENCY = [1, 8, 32, 128]
 # Open-loop arrival rates (requests/s) per concurrency cap: the same load for both servers, below their capacity.
 OPEN_RATES = {1: 2.0, 8: 10.0, 32: 20.0, 128: 30.0}
@@ -62,8 +62,24 @@ def free_port() -> int:
 
 def scenarios(quick: bool, apis: list[str], groups: tuple[str, ...] = GROUPS,
               max_concurrency: int | None = None) -> list[dict[str, Any]]:
-    every = _scenarios(quick, apis, groups)
+    every = _beside_chat(_scenarios(quick, apis, groups))
     return [sc for sc in every if max_concurrency is None or sc["concurrency"] <= max_concurrency]
+
+
+def _beside_chat(every: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each Responses scenario right after the chat stream it is compared with, so that the machine's drifting
+    load falls on both alike."""
+    responses = {sc["concurrency"]: sc for sc in every if sc.get("kind") == "responses"}
+    out = []
+    for sc in every:
+        if sc.get("kind") == "responses" and sc not in out:
+            out.append(sc)
+        elif sc.get("kind") != "responses":
+            out.append(sc)
+            if sc["api"] == "chat" and sc["stream"] and sc["loop"] == "closed" and sc.get("kind", "plain") == "plain" \
+                    and sc["concurrency"] in responses:
+                out.append(responses.pop(sc["concurrency"]))
+    return out
 
 
 def _scenarios(quick: bool, apis: list[str], groups: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -88,6 +104,10 @@ def _scenarios(quick: bool, apis: list[str], groups: tuple[str, ...]) -> list[di
         for c in (1, 8):
             out.append({**fixed, "kind": "tools", "api": "chat", "concurrency": c, "max_tokens": 128,
                         "requests": 8 * c})
+    if "responses" in groups:  # llamaserve's Responses stream beside its chat stream (the plain group's)
+        for c in (1, 32):
+            out.append({"kind": "responses", "api": "responses", "stream": True, "loop": "closed", "concurrency": c,
+                        "servers": ["llamaserve"]})
     return out
 
 
@@ -322,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         checks = stats.targets(results["llamaserve"], results["vllm"], apis) if "plain" in groups else []
         checks += stats.beam_targets(results["llamaserve"], results["vllm"])
         checks += stats.best_of_targets(results["llamaserve"])
+        checks += stats.responses_targets(results["llamaserve"])
         checks += stats.ready_target(ready)
         report["ratios"] = rows
         report["targets"] = checks
@@ -338,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         for key, s in only.items():
             print(f"{key:<28} {s['output_tok_s'] or 0:8.0f} tok/s  TTFT p50 {s['ttft_p50_ms'] or 0:7.1f} ms  "
                   f"cpu/1k {s['cpu_s_per_1k_tok'] or 0:.3f} s")
+        if "llamaserve" in results and (checks := stats.responses_targets(results["llamaserve"])):
+            report["targets"] = checks
+            print()
+            print(stats.format_targets(checks))
     report["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = results_stem(args.model, args.quick)

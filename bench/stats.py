@@ -102,6 +102,8 @@ def scenario_key(s: dict[str, Any]) -> str:
         return f"json_schema {s['api']} c{s['concurrency']}"
     if kind == "tools":
         return f"tool_call {s['api']} c{s['concurrency']}"
+    if kind == "responses":
+        return f"responses stream closed c{s['concurrency']}"
     return f"{s['api']} {'stream' if s['stream'] else 'full'} {s['loop']} c{s['concurrency']}"
 
 
@@ -212,6 +214,9 @@ def beam_targets(ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, An
     return out
 
 
+RESPONSES_TARGET = 1.1  # the Responses stream's per-token cost within 10% of chat's
+
+
 def best_of_targets(ours: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """best_of=k, n=1 against n=k on llamaserve: wall time per request (n=k req/s over best_of req/s), when both
     generated the same tokens per request."""
@@ -229,6 +234,22 @@ def best_of_targets(ours: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                             f"{'same' if same else 'DIFFERENT'} tokens per request)",
                     "value": cost, "limit": BEST_OF_TARGET,
                     "met": None if cost is None or not same else cost <= BEST_OF_TARGET})
+    return out
+
+
+def responses_targets(ours: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Responses stream against the chat stream on llamaserve, at the same concurrency: the API server's CPU
+    per token (its own process; the engine's work is the same), at most RESPONSES_TARGET times chat's."""
+    out = []
+    for key, s in ours.items():
+        if not key.startswith("responses stream "):
+            continue
+        chat = ours.get("chat" + key[len("responses"):])
+        if not chat:
+            continue
+        cost = ratio(s.get("cpu_s_per_1k_tok"), chat.get("cpu_s_per_1k_tok"))
+        out.append({"name": f"{key}: API server CPU per token <= {RESPONSES_TARGET:g}x chat's", "value": cost,
+                    "limit": RESPONSES_TARGET, "met": None if cost is None else cost <= RESPONSES_TARGET})
     return out
 
 

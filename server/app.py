@@ -27,9 +27,10 @@ from server.observe.request_span import RequestSpanMiddleware
 from server.protection.security import ApiKeyMiddleware, KeyRing, load_key_source, warn_if_open
 from schemas import ChatCompletionRequest, CompletionRequest
 from schemas.adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+from schemas.responses import ResponsesRequest
 from schemas.tokenize import DetokenizeRequest, TokenizeRequest
 from server.routes import adapters as adapter_routes
-from server.routes import generate, meta, metrics, playground, tokenize
+from server.routes import generate, meta, metrics, playground, responses, tokenize
 from server.routes.docs import document_bodies
 from server.safety.guards import Guard, start_guard
 from server.safety.moderation import Moderator
@@ -161,6 +162,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
                 task.cancel()
             await asyncio.gather(*state.background, return_exceptions=True)
             await state.lifecycle.stop()
+            await state.response_runs.close()
             if state.engine is not None:
                 state.engine.shutdown()
             if state.moderator is not None:
@@ -181,11 +183,12 @@ def create_app(settings: Settings, engine_factory: EngineFactory = start_engine,
     app.include_router(meta.router)
     app.include_router(metrics.router)
     app.include_router(generate.router)
+    app.include_router(responses.router)
     app.include_router(tokenize.router)
     app.include_router(playground.router)
     app.include_router(adapter_routes.router)
-    document_bodies(app, (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest,
-                          LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest))
+    document_bodies(app, (ChatCompletionRequest, CompletionRequest, ResponsesRequest, TokenizeRequest,
+                          DetokenizeRequest, LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest))
     return app
 
 

@@ -42,6 +42,28 @@ class FrameTemplate:
         return self._prefix + orjson.dumps(text) + self._suffix
 
 
+def event(kind: str, payload: dict[str, Any]) -> bytes:
+    """A named event (the Responses API's): `payload` holds its `type` and `sequence_number`."""
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+class EventTemplate:
+    """A named event pre-rendered around one string and its sequence number, the payload's last field:
+    `fill(text, n)` is byte for byte `event(kind, payload with SLOT = text and sequence_number = n)`."""
+
+    __slots__ = ("_prefix", "_middle")
+    _TAIL = b"0}\n\n"
+
+    def __init__(self, kind: str, payload: dict[str, Any]):
+        parts = event(kind, {**payload, "sequence_number": 0}).split(_SLOT_JSON)
+        if len(parts) != 2 or not parts[1].endswith(self._TAIL) or "sequence_number" in payload:
+            raise ValueError("an event template's payload holds SLOT exactly once, and no sequence_number")
+        self._prefix, self._middle = parts[0], parts[1][: -len(self._TAIL)]
+
+    def fill(self, text: str, sequence_number: int) -> bytes:
+        return self._prefix + orjson.dumps(text) + self._middle + str(sequence_number).encode() + b"}\n\n"
+
+
 class _EventStream(EventSourceResponse):
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         # sse-starlette wraps every send in a cancel scope, even without a timeout: a cost paid per token.

@@ -17,6 +17,7 @@ from server.fleet.responses import RedisResponseStore
 from server.protection.lifecycle import Lifecycle
 from server.protection.limits import Limits
 from server.observe.metrics import Metrics
+from server.pipeline.responses.background import BackgroundRuns
 from server.safety.moderation import Moderator
 from server.settings import Settings
 from server.store.responses import MemoryResponseStore, ResponseStore
@@ -30,6 +31,7 @@ class ServerState:
     moderator: Moderator | None = None  # content safety, when a guard is configured
     loader: asyncio.Task | None = None
     background: list[asyncio.Task] = field(default_factory=list)
+    response_runs: BackgroundRuns = field(init=False)  # background responses this process generates
     metrics: Metrics = field(default_factory=Metrics)
     limits: Limits = field(init=False)
     lifecycle: Lifecycle = field(init=False)
@@ -48,6 +50,7 @@ class ServerState:
                                                self.settings.shared_state_name())
                                 if self.fleet and self.settings.allow_runtime_lora else None)
         self.limits = Limits(protection)
+        self.response_runs = BackgroundRuns(protection.request_timeout_s, self.limits.admission)
         if self.fleet is not None:
             self.metrics.registry.register(self.fleet.collector())
             link = self.fleet

@@ -23,6 +23,7 @@ from server.pipeline import render
 from server.pipeline.job import Job
 from server.pipeline.structured import structured_output
 from server.pipeline.tools import plan as tools
+from server.pipeline.truncation import drop_oldest_turns
 from server.pipeline.validation import ModelFacts, check_prompt_chars, check_request, validate
 from server.protection.limits import RequestAdmission
 from server.settings import Settings
@@ -39,9 +40,10 @@ def _stream_fields(req: GenerationRequest) -> dict:
 
 
 async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings: Settings,
-                       admission: RequestAdmission, caller: str | None = None) -> Job:
+                       admission: RequestAdmission, caller: str | None = None, truncate: bool = False) -> Job:
     """The job for a chat request from the key `caller` (its key id; None without keys); `admission` admits it once
-    it is known to be well-formed, before its prompt is built."""
+    it is known to be well-formed, before its prompt is built. `truncate`: a conversation too long for the context
+    loses its oldest turns (server/pipeline/truncation.py) instead of being refused."""
     adapter = adapters.resolve(settings, caller, req.model, engine)
     model = ModelFacts.of(engine)
     limits = settings.api_limits
@@ -59,6 +61,12 @@ async def prepare_chat(req: ChatCompletionRequest, engine: LlamaEngine, settings
     with_tools = {"tools": tool_plan.template_tools} if tool_plan else {}
     with tracing.span("template", {"llamaserve.messages": len(messages)}):
         prompt = await engine.encode_chat(messages, max_chars=settings.max_prompt_chars, **with_tools)
+    if truncate:
+        async def encode(kept: list) -> list[int]:
+            return await engine.encode_chat(tools.for_template(kept, fmt), max_chars=settings.max_prompt_chars,
+                                            **with_tools)
+
+        chat, prompt = await drop_oldest_turns(chat, prompt, encode, req.max_tokens or 1, model.context_length)
     admission.count_prompts(len(prompt))
     shape = await structured_output(req, tool_plan.schema if tool_plan else None, settings.grammar_timeout_s)
     gen = validate(req, limits, model, [prompt], structured_output=shape, adapter=adapter, choices=choices)

@@ -11,6 +11,7 @@ from engine.request import GenerationInput
 if TYPE_CHECKING:
     from server.observe.metrics import RequestMetrics
     from server.pipeline import render
+    from server.pipeline.responses.objects import ResponseDraft
     from server.safety.moderation import Moderation
 
 
@@ -33,6 +34,7 @@ class Job:
     declared_tools: list[dict[str, Any]] | None = None
     metrics: RequestMetrics | None = None  # its token counts for the metrics and the access log, set by the route
     moderation: Moderation | None = None  # content safety checks, set by the route when a guard is on
+    response: ResponseDraft | None = None  # a Responses request's response as far as the gate knows it
 
     @property
     def model_name(self) -> str | None:

@@ -43,6 +43,10 @@ def _check_counts(body: dict[str, Any], limits: CountLimits) -> None:
     if isinstance(messages, list) and len(messages) > limits.max_chat_messages:
         raise bad_request(f"messages has {len(messages)} items, more than the limit of {limits.max_chat_messages}",
                           "messages", "too_many_messages")
+    items = body.get("input")
+    if isinstance(items, list) and len(items) > limits.max_chat_messages:
+        raise bad_request(f"input has {len(items)} items, more than the limit of {limits.max_chat_messages}",
+                          "input", "too_many_messages")
     prompt = body.get("prompt")
     # A list of token ids is one prompt, however long; any other list is a list of prompts.
     if isinstance(prompt, list) and len(prompt) > limits.max_prompts_per_request and not all(

@@ -34,11 +34,11 @@ async def respond(job: Job, engine: LlamaEngine, http_request: Request,
     if job.stream:
         frames = _frames(job, engine)
         return sse.event_stream(deadline_frames(frames) if deadline_frames else frames, **sse_options)
-    body = await _until_disconnected(http_request, _full(job, engine))
+    body = await until_disconnected(http_request, full_body(job, engine))
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-async def _full(job: Job, engine: LlamaEngine) -> dict[str, Any]:
+async def full_body(job: Job, engine: LlamaEngine) -> dict[str, Any]:
     try:
         async with asyncio.TaskGroup() as group:  # one failure cancels the other prompts' requests
             tasks = [group.create_task(engine.complete(p, job.engine_input, f"{job.request_id}-{i}"))
@@ -91,7 +91,7 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
         probe = flavor.delta_choice(ChoiceDelta(0, sse.SLOT, [], None), render.ChoiceState())
         text_frame = sse.FrameTemplate({**head, "choices": [probe]})
     try:
-        steps = _merged(job, engine)
+        steps = merged_steps(job, engine)
         async for p_idx, step in job.moderation.stream(steps) if job.moderation is not None else steps:
             if job.metrics is not None:
                 job.metrics.step(p_idx, step)
@@ -127,7 +127,7 @@ async def _frames(job: Job, engine: LlamaEngine) -> AsyncIterator[bytes]:
     yield last + sse.DONE
 
 
-async def _merged(job: Job, engine: LlamaEngine) -> AsyncIterator[tuple[int, Step]]:
+async def merged_steps(job: Job, engine: LlamaEngine) -> AsyncIterator[tuple[int, Step]]:
     """The steps of every prompt's engine request, as they come (one prompt: no extra task or queue)."""
     if len(job.prompts) == 1:
         async for step in engine.stream(job.prompts[0], job.engine_input, job.request_id):
@@ -160,7 +160,7 @@ async def _merged(job: Job, engine: LlamaEngine) -> AsyncIterator[tuple[int, Ste
             t.cancel()
 
 
-async def _until_disconnected(request: Request, work: Any) -> Any:
+async def until_disconnected(request: Request, work: Any) -> Any:
     """Runs `work` unless the client goes away first; then cancelling it aborts the engine request."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))

@@ -1,4 +1,6 @@
-"""The four completion routes: Azure's /chat/completions and /completions, OpenAI's and Llama's /v1/ twins.
+"""The generation routes: Azure's /chat/completions and /completions, OpenAI's and Llama's /v1/ twins, Azure
+OpenAI's /openai/v1/chat/completions, and the Responses API's create (/v1/responses, /responses,
+/openai/v1/responses; its stored responses are server/routes/responses.py's).
 
 A generation request's lifetime is put together here, in `_serve`: parsed, admitted (the rate limits and a slot,
 before its prompt is tokenised; see server/protection/limits.py `RequestAdmission`) and prepared
@@ -11,6 +13,7 @@ then too, or before a full response starts, so that its x-ratelimit-* headers sh
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,11 +22,14 @@ from starlette.responses import Response
 from engine.core import LlamaEngine
 from engine.errors import EngineError
 from schemas import ChatCompletionRequest, CompletionRequest
+from schemas.responses import ResponsesRequest
 from server import sse
 from server.errors import engine_error
 from server.observe import tracing
 from server.observe.exchange import Exchange, exchange_of
 from server.pipeline import generation, parse, respond
+from server.pipeline.responses import gate as responses_gate
+from server.pipeline.responses import respond as responses_respond
 from server.protection.limits import identity_of
 from server.routes.docs import body_doc
 from server.safety.requesters import Requester
@@ -32,7 +38,10 @@ from server.state import ServerState, state_of
 router = APIRouter(tags=["generation"])
 
 
-async def _serve(request: Request, model: type, prepare: Any) -> Response:
+async def _serve(request: Request, model: type, prepare: Any, answer: Any = None) -> Response:
+    """`prepare(req, engine, settings, admission, key_id)` is the gate, `answer(job, engine, request,
+    deadline_frames, **sse_options)` the response (None: chat's and completions', server/pipeline/respond.py)."""
+    answer = answer or respond.respond
     state = state_of(request)
     req = parse.parse_request(await request.body(), model, request.headers.get("extra-parameters"), state.settings)
     engine = state.ready_engine()
@@ -53,7 +62,7 @@ async def _serve(request: Request, model: type, prepare: Any) -> Response:
                                                          tools=job.declared_tools)
         # A streamed reply's frames pass through its deadline, which ends the event stream when it passes.
         options = sse.event_stream_options(state.settings.protection.shutdown_grace_s)
-        reply = await deadline.within(respond.respond(job, engine, request, deadline.stream, **options))
+        reply = await deadline.within(answer(job, engine, request, deadline.stream, **options))
     except Exception as exc:
         await admission.settle()  # the request is over before its response starts: its headers show the settled state
         if isinstance(exc, EngineError):
@@ -102,6 +111,7 @@ def _trace(job: generation.Job) -> None:
 
 @router.post("/chat/completions", openapi_extra=body_doc(ChatCompletionRequest))
 @router.post("/v1/chat/completions", openapi_extra=body_doc(ChatCompletionRequest))
+@router.post("/openai/v1/chat/completions", openapi_extra=body_doc(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     return await _serve(request, ChatCompletionRequest, generation.prepare_chat)
 
@@ -110,3 +120,14 @@ async def chat_completions(request: Request) -> Response:
 @router.post("/v1/completions", openapi_extra=body_doc(CompletionRequest))
 async def completions(request: Request) -> Response:
     return await _serve(request, CompletionRequest, generation.prepare_completion)
+
+
+@router.post("/v1/responses", openapi_extra=body_doc(ResponsesRequest))
+@router.post("/responses", openapi_extra=body_doc(ResponsesRequest))
+@router.post("/openai/v1/responses", openapi_extra=body_doc(ResponsesRequest))
+async def create_response(request: Request) -> Response:
+    state = state_of(request)
+    charge = partial(state.limits.charge_tokens, exchange_of(request))  # a background response's output
+    return await _serve(request, ResponsesRequest, partial(responses_gate.prepare_response, store=state.responses),
+                        partial(responses_respond.respond, store=state.responses, runs=state.response_runs,
+                                charge=charge))

@@ -89,3 +89,26 @@ def test_max_concurrency_leaves_out_the_scenarios_above_it():
     capped = run.scenarios(True, ["chat"], ("plain",), max_concurrency=32)
     assert {sc["concurrency"] for sc in every} == {1, 32, 128}
     assert capped == [sc for sc in every if sc["concurrency"] != 128]
+
+
+def test_the_responses_scenario_streams_the_same_generation_under_the_responses_names():
+    plan = {"model": "m", "max_tokens": 64, "prompt": "p"}
+    keys = [stats.scenario_key(sc) for sc in run.scenarios(True, ["chat"], ("plain", "responses"))]
+    for c in (1, 32):  # each right after the chat stream it is compared with
+        assert keys[keys.index(f"chat stream closed c{c}") + 1] == f"responses stream closed c{c}"
+    assert len(keys) == len(set(keys))
+    by_key = {stats.scenario_key(sc): sc for sc in run.scenarios(True, ["chat"], ("plain", "responses"))}
+    sc = by_key["responses stream closed c32"]
+    assert sc["servers"] == ["llamaserve"] and loadgen.ROUTES[sc["api"]] == "/v1/responses"
+    got = orjson.loads(loadgen.bodies(plan, sc)[0])
+    chat = orjson.loads(loadgen.bodies(plan, by_key["chat stream closed c32"])[0])
+    assert got["input"] == "p" and got["max_output_tokens"] == 64 and got["stream"] and got["ignore_eos"]
+    assert got["temperature"] == chat["temperature"] and "stream_options" not in got and "messages" not in got
+
+
+def test_responses_target_compares_cpu_per_token_with_chats_stream():
+    cost = {"responses stream closed c32": 1.05, "chat stream closed c32": 1.0,
+            "responses stream closed c1": 1.2, "chat stream closed c1": 1.0}
+    ours = {key: {"cpu_s_per_1k_tok": value} for key, value in cost.items()}
+    checks = {c["name"].split(":")[0]: c["met"] for c in stats.responses_targets(ours)}
+    assert checks == {"responses stream closed c32": True, "responses stream closed c1": False}
