@@ -223,3 +223,26 @@ def test_the_app_keeps_responses_in_redis_when_a_redis_url_is_set(redis_server, 
                                           responses_store_max_age_s=90))
     assert isinstance(state.responses, RedisResponseStore)
     assert (state.responses.link, state.responses.max_count, state.responses.max_age_s) == (state.fleet, 7, 90)
+
+
+def test_with_redis_away_the_stored_routes_answer_503_and_generation_goes_on(redis_server):
+    from tests.scripted_engine import InProcess, ScriptedEngine, settings
+
+    async def go():
+        async with InProcess(ScriptedEngine(), settings(redis_url=redis_server.url)) as c:
+            body = {"input": "a", "max_output_tokens": 2}
+            stored = (await c.post("/v1/responses", json=body)).json()
+            redis_server.stop()
+            away = await c.get(f"/v1/responses/{stored['id']}")
+            continued = await c.post("/v1/responses", json={**body, "previous_response_id": stored["id"]})
+            answered = await c.post("/v1/responses", json=body)
+            redis_server.start()  # empty: this redis-server keeps nothing on disk
+            again = (await c.post("/v1/responses", json=body)).json()
+            back = await c.get(f"/v1/responses/{again['id']}")
+            return again, away, continued, answered, back
+    again, away, continued, answered, back = asyncio.run(go())
+    for refused in (away, continued):
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "store_unavailable", refused.text
+        assert refused.headers["retry-after"] == "1"
+    assert answered.status_code == 200 and answered.json()["status"] == "incomplete"  # answered, not stored
+    assert back.status_code == 200 and back.json()["id"] == again["id"]  # Redis is back: so is the store

@@ -1,7 +1,8 @@
-"""Runtime LoRA adapters across a fleet: two `llamaserve serve` replicas on the real engine share one real
-redis-server; an adapter loaded through replica A answers on replica B and is listed by B's /v1/models, unloaded
-through A it is gone from B, and a replica started later serves the recorded adapters as soon as it is ready. The
-record's rules in process: tests/app/test_fleet_adapters.py."""
+"""What a fleet shares besides its limits: two `llamaserve serve` replicas on the real engine share one real
+redis-server. A stored response created on replica A is retrieved, continued (`previous_response_id`) and deleted
+through replica B with the OpenAI SDK; an adapter loaded through A answers on B and is listed by B's /v1/models,
+unloaded through A it is gone from B, and a replica started later serves the recorded adapters as soon as it is
+ready. The rules in process: tests/app/test_fleet_responses.py, tests/app/test_fleet_adapters.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import CACHE_DIR, ServerProcess
@@ -71,6 +73,24 @@ def wait_for(check, what: str, replica: ServerProcess) -> None:
     while not check():
         assert time.monotonic() < deadline, f"not within {APPLIED_WITHIN_S}s: {what}\n{replica.log_tail()}"
         time.sleep(0.2)
+
+
+def test_a_response_stored_on_one_replica_is_continued_and_deleted_on_the_other(fleet):
+    on_a, on_b = (openai.OpenAI(base_url=replica.base_url + "/v1", api_key=KEY, max_retries=0) for replica in fleet)
+    first = on_a.responses.create(model=BASE, input="Say hello", max_output_tokens=4, temperature=0)
+    assert on_b.responses.retrieve(first.id).model_dump() == first.model_dump()
+
+    second = on_b.responses.create(model=BASE, input="And again", previous_response_id=first.id,
+                                   max_output_tokens=4, temperature=0)
+    assert second.previous_response_id == first.id
+    # B replayed A's turn: its input holds A's input and output before its own
+    replayed = [item.model_dump(exclude_none=True) for item in on_a.responses.input_items.list(second.id, order="asc")]
+    texts = [part.get("text") for item in replayed for part in item.get("content", [])]
+    assert texts == ["Say hello", first.output_text, "And again"], replayed
+
+    on_b.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        on_a.responses.retrieve(first.id)
 
 
 def test_an_adapter_loaded_through_one_replica_answers_on_the_other_and_unloads_from_both(fleet, tiny_model):
